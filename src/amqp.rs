@@ -1,0 +1,289 @@
+//! The RabbitMQ link: one connection, one confirm-mode channel for review publishes, the
+//! contract's topology, and recovery. Control plane, except [`Publisher::publish`].
+//!
+//! Many publishes share the channel concurrently: `basic_publish` takes `&self` and every
+//! publish gets its own confirm future, so there is no lock across the await. A supervisor
+//! task owns reconnection (capped exponential backoff with jitter) and swaps the live link
+//! in an `ArcSwapOption`; the hot path only loads it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    pub url: String,
+    pub review_exchange: String,
+    pub review_queue: String,
+    pub verdict_exchange: String,
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the broker could not route the message: {0}")]
+    Returned(String),
+    #[error("publish failed: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the channel is not in confirm mode")]
+    NotConfirmed,
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Link {
+    fn healthy(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+}
+
+pub struct Publisher {
+    link: ArcSwapOption<Link>,
+    exchange: ShortString,
+    confirm_timeout: Duration,
+    broken: Notify,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("exchange", &self.exchange)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Publish one persistent, mandatory message and wait for the broker's confirm.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        message_id: &str,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        let link = self.link.load_full().ok_or(PublishError::NotConnected)?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(message_id.into())
+            .with_app_id("triage".into())
+            .with_timestamp(unix_seconds());
+        let publish = async {
+            let confirm = link
+                .channel
+                .basic_publish(
+                    self.exchange.clone(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    payload,
+                    properties,
+                )
+                .await?;
+            Ok::<_, lapin::Error>(confirm.await?)
+        };
+        let result = match tokio::time::timeout(self.confirm_timeout, publish).await {
+            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+            Ok(Err(e)) => Err(PublishError::Broker(e)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            // With `mandatory`, an unroutable message is acked *and* returned: a failure.
+            Ok(Ok(Confirmation::Ack(Some(ret)))) => Err(PublishError::Returned(format!(
+                "{} {}",
+                ret.reply_code, ret.reply_text
+            ))),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
+        };
+        if result.is_err() && !link.healthy() {
+            self.broken.notify_one();
+        }
+        result
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.link.load().as_ref().is_some_and(|l| l.healthy())
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Create the publisher and start its supervisor, which connects in the background.
+pub fn start(config: AmqpConfig) -> Arc<Publisher> {
+    let publisher = Arc::new(Publisher {
+        link: ArcSwapOption::empty(),
+        exchange: config.review_exchange.as_str().into(),
+        confirm_timeout: config.confirm_timeout,
+        broken: Notify::new(),
+    });
+    tokio::spawn(supervise(publisher.clone(), config));
+    publisher
+}
+
+async fn supervise(publisher: Arc<Publisher>, config: AmqpConfig) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(10);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match connect(&config).await {
+            Ok(link) => {
+                tracing::info!(exchange = %config.review_exchange, queue = %config.review_queue, "review path connected to the broker");
+                backoff = MIN_BACKOFF;
+                let link = Arc::new(link);
+                publisher.link.store(Some(link.clone()));
+                while link.healthy() {
+                    tokio::select! {
+                        () = publisher.broken.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+                publisher.link.store(None);
+                tracing::warn!("review path lost its broker connection; reconnecting");
+                let _ = link.connection.close(200, "reconnecting".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect the review path to the broker");
+            }
+        }
+        let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(config: &AmqpConfig) -> Result<Link, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name("triage".into());
+    let connection = Connection::connect(&config.url, props).await?;
+    let channel = connection.create_channel().await?;
+    let channel = match declare_topology(&channel, config).await {
+        Ok(()) => channel,
+        Err(e) => {
+            // An operator's queue with other arguments (a length limit, say) closes the
+            // channel with PRECONDITION_FAILED: keep theirs, check it exists, use it.
+            tracing::warn!(error = %e, queue = %config.review_queue, "review queue exists with other arguments; using it as it is");
+            let channel = connection.create_channel().await?;
+            declare_exchanges(&channel, config).await?;
+            channel
+                .queue_declare(
+                    config.review_queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+        }
+    };
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(Link {
+        connection,
+        channel,
+    })
+}
+
+async fn declare_exchanges(channel: &Channel, config: &AmqpConfig) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for name in [&config.review_exchange, &config.verdict_exchange] {
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .exchange_declare(
+            dead_letter_exchange(config).into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+}
+
+pub fn dead_letter_exchange(config: &AmqpConfig) -> String {
+    format!("{}.dead", config.review_exchange)
+}
+
+/// The contract's topology, declared idempotently: a durable topic exchange; a durable
+/// quorum queue bound with `#` that rejects publishes when full (never drops the oldest)
+/// and dead-letters at least once; and the dead-letter exchange and queue.
+async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), lapin::Error> {
+    declare_exchanges(channel, config).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let dlx = dead_letter_exchange(config);
+    let dead_queue = format!("{}.dead", config.review_queue);
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), long_string("quorum"));
+    channel
+        .queue_declare(dead_queue.as_str().into(), durable, quorum.clone())
+        .await?;
+    channel
+        .queue_bind(
+            dead_queue.as_str().into(),
+            dlx.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut args = quorum;
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+    args.insert("x-dead-letter-exchange".into(), long_string(&dlx));
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    channel
+        .queue_declare(config.review_queue.as_str().into(), durable, args)
+        .await?;
+    channel
+        .queue_bind(
+            config.review_queue.as_str().into(),
+            config.review_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}

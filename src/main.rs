@@ -1,0 +1,211 @@
+//! triage: a confidence-thresholding router sidecar for production AI.
+//!
+//! `main` parses settings, sets up logging and metrics, loads the first rules (bad rules:
+//! exit 64), starts the review path, serves the data and admin ports, and drains on
+//! SIGTERM. The request path lives in `proxy.rs`; see the README for the map.
+
+mod admin;
+mod amqp;
+mod confidence;
+mod decide;
+mod error;
+mod metrics;
+mod probe;
+mod proxy;
+mod review;
+mod route;
+mod rules;
+mod server;
+mod settings;
+mod upstream;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use settings::{Cli, Command, LogFormat, ServeArgs};
+
+/// sysexits' EX_USAGE: bad flags or rules at start.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { path } => check(&path),
+        Command::Serve(args) => serve(*args),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match rules::load::load(path) {
+        Ok(rules) => {
+            let variants: usize = rules.tasks.iter().map(|t| t.rollout.variants.len()).sum();
+            println!(
+                "ok: {} task(s), {variants} variant(s), hash {}",
+                rules.tasks.len(),
+                rules.hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s) in {}", errors.len(), path.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    // The recorder first: rule compilation resolves metric handles against it.
+    let metrics = match metrics::install() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("error: cannot install the metrics recorder: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rules = match rules::load::load(&args.rules) {
+        Ok(rules) => rules,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} error(s) in {}; not starting",
+                errors.len(),
+                args.rules.display()
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args, rules, metrics)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(
+    args: ServeArgs,
+    rules: rules::RuleSet,
+    metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<(), String> {
+    let data = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.admin_listen))?;
+    let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+
+    tracing::info!(tasks = rules.tasks.len(), hash = %rules.hash, "rules loaded");
+    metrics::rules_loaded(&rules.hash);
+    let publisher = amqp::start(amqp::AmqpConfig {
+        url: args.amqp_url.clone(),
+        review_exchange: args.review_exchange.clone(),
+        review_queue: args.review_queue.clone(),
+        verdict_exchange: args.verdict_exchange.clone(),
+        confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
+    });
+    let state = Arc::new(proxy::State {
+        rules: ArcSwap::from_pointee(rules),
+        upstream: upstream::UpstreamClient::new(
+            Duration::from_millis(args.upstream_connect_timeout_ms),
+            args.max_response_bytes,
+        ),
+        publisher,
+        max_body_bytes: args.max_body_bytes,
+    });
+    let admin_state = Arc::new(admin::Admin {
+        state: state.clone(),
+        metrics: metrics_handle,
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let grace = Duration::from_millis(args.shutdown_timeout_ms);
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        move |req| admin::handle(admin_state.clone(), req),
+        shutdown_rx.clone(),
+        Duration::from_secs(1),
+    ));
+    let data_state = state.clone();
+    let data_task = tokio::spawn(server::serve(
+        data,
+        move |req| proxy::handle(data_state.clone(), req),
+        shutdown_rx,
+        grace,
+    ));
+
+    println!("listening data={data_addr} admin={admin_addr}");
+    let _ = std::io::stdout().flush();
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = shutdown_tx.send(true);
+    let _ = data_task.await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can still be killed; just never return.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,432 @@
+//! One request's life, in the order it happens:
+//! match task → read body → choose variant → pin version → forward → observe
+//! (refusal, version, confidence, usage) → decide → publish review → respond.
+//!
+//! A request loads the rules snapshot once and keeps that `Arc` to the end, so a reload never
+//! changes a request midway. Shared state touched here: the rules `ArcSwap`, the upstream
+//! client, the review publisher, and pre-resolved metric handles.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::amqp::Publisher;
+use crate::confidence;
+use crate::decide::{self, Decision, Observation, Outcome};
+use crate::error::{Fault, ProxyError};
+use crate::probe::Found;
+use crate::review::{self, Disposition, ReviewInput};
+use crate::route;
+use crate::rules::{ReportedVersion, RuleSet, Task, Variant};
+use crate::upstream::{self, UpstreamClient, UpstreamResponse};
+
+pub type Body = Full<Bytes>;
+
+const X_DECISION: HeaderName = HeaderName::from_static("x-triage-decision");
+const X_TASK: HeaderName = HeaderName::from_static("x-triage-task");
+const X_VARIANT: HeaderName = HeaderName::from_static("x-triage-variant");
+const X_CONFIDENCE: HeaderName = HeaderName::from_static("x-triage-confidence");
+const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-triage-model-version");
+const X_REVIEW_ID: HeaderName = HeaderName::from_static("x-triage-review-id");
+
+/// Everything the data plane shares.
+pub struct State {
+    pub rules: ArcSwap<RuleSet>,
+    pub upstream: UpstreamClient,
+    pub publisher: Arc<Publisher>,
+    pub max_body_bytes: usize,
+}
+
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let rules = state.rules.load_full();
+    let Some(task) = route::match_task(&rules, req.method(), req.uri().path(), req.headers())
+    else {
+        crate::metrics::unrouted();
+        return ProxyError::NoRoute.to_response(None);
+    };
+    let mut upstream_time = Duration::ZERO;
+    let response = serve(&state, task, req, &mut upstream_time).await;
+    let overhead = started.elapsed().saturating_sub(upstream_time);
+    task.metrics.overhead.record(overhead.as_secs_f64());
+    response
+}
+
+/// The answer and what to count for it.
+struct Answer<'t> {
+    variant: &'t Variant,
+    outcome: Outcome,
+    response: Response<Body>,
+}
+
+async fn serve(
+    state: &State,
+    task: &Task,
+    req: Request<Incoming>,
+    upstream_time: &mut Duration,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let chosen = route::choose_variant(&task.rollout, &parts.headers);
+    // Compile guarantees every task at least one variant; stay panic-free regardless.
+    let Some(chosen_variant) = task.rollout.variants.get(chosen) else {
+        return ProxyError::NoRoute.to_response(Some(&task.name));
+    };
+    let answer = match run(
+        state,
+        task,
+        chosen,
+        chosen_variant,
+        &parts,
+        body,
+        upstream_time,
+    )
+    .await
+    {
+        Ok(answer) => answer,
+        Err((variant, e)) => {
+            let outcome = match e {
+                ProxyError::UpstreamTimeout(_) => Outcome::Timeout,
+                ProxyError::Upstream(_) => Outcome::UpstreamError,
+                _ => Outcome::Rejected,
+            };
+            match e.fault() {
+                Fault::Downstream => {
+                    tracing::debug!(task = %task.name, code = e.code(), error = %e, "request refused")
+                }
+                Fault::Upstream | Fault::Internal => {
+                    tracing::warn!(task = %task.name, variant = %variant.name, code = e.code(), error = %e, "request failed")
+                }
+            }
+            let mut response = e.to_response(Some(&task.name));
+            tag(response.headers_mut(), task, variant, "error");
+            Answer {
+                variant,
+                outcome,
+                response,
+            }
+        }
+    };
+    answer.variant.metrics.outcome(answer.outcome).increment(1);
+    answer.response
+}
+
+type Failed<'t> = (&'t Variant, ProxyError);
+
+async fn run<'t>(
+    state: &State,
+    task: &'t Task,
+    chosen: usize,
+    chosen_variant: &'t Variant,
+    parts: &request::Parts,
+    body: Incoming,
+    upstream_time: &mut Duration,
+) -> Result<Answer<'t>, Failed<'t>> {
+    let variants = &task.rollout.variants;
+
+    // Read the body, capped.
+    let body = read_body(body, &parts.headers, state.max_body_bytes)
+        .await
+        .map_err(|e| (chosen_variant, e))?;
+
+    // Pin the model version (may move the request to the variant it names).
+    let pinned =
+        upstream::pin_request(task, chosen, body.clone()).map_err(|e| (chosen_variant, e))?;
+    let variant = variants.get(pinned.variant).unwrap_or(chosen_variant);
+    if pinned.overridden {
+        variant.metrics.overrides.increment(1);
+    }
+
+    // Forward.
+    let sent = Instant::now();
+    let result = state
+        .upstream
+        .forward(&variant.upstream, parts, pinned.body)
+        .await;
+    *upstream_time = sent.elapsed();
+    variant
+        .metrics
+        .upstream_duration
+        .record(upstream_time.as_secs_f64());
+    let resp = result.map_err(|e| (variant, e))?;
+    if !resp.status.is_success() {
+        // Passed through unchanged: SDKs parse their provider's error bodies.
+        return Ok(Answer {
+            variant,
+            outcome: Outcome::UpstreamError,
+            response: release(task, variant, resp, "error", None, None, None),
+        });
+    }
+
+    // Observe: one pass over the body for every field the task reads.
+    let found = if task.probe.is_empty() {
+        None
+    } else {
+        task.probe.run(&resp.body).ok()
+    };
+    let found = found.as_deref();
+    let slot = |s: Option<usize>| s.and_then(|s| found?.get(s));
+    let refusal = slot(task.slots.refusal)
+        .and_then(Found::as_str)
+        .is_some_and(|s| !s.is_empty())
+        || slot(task.slots.finish_reason).and_then(Found::as_str) == Some("content_filter");
+    let reported = match &task.model.response {
+        Some(ReportedVersion::Field(s)) => slot(Some(*s)).and_then(Found::as_str),
+        Some(ReportedVersion::Header(h)) => resp.headers.get(h).and_then(|v| v.to_str().ok()),
+        None => None,
+    };
+    let version_mismatch = task.model.response.is_some()
+        && variant
+            .version
+            .as_deref()
+            .is_some_and(|pinned| reported != Some(pinned));
+    let confidence = confidence::extract(&task.extractor, found, &resp.headers);
+    if let Ok(c) = confidence {
+        variant.metrics.confidence.record(c);
+    }
+    let tokens = |s| {
+        slot(s)
+            .and_then(Found::as_f64)
+            .filter(|n| *n >= 0.0)
+            .map_or(0, |n| n as u64)
+    };
+    let (prompt, completion) = (
+        tokens(task.slots.prompt_tokens),
+        tokens(task.slots.completion_tokens),
+    );
+    if prompt + completion > 0 {
+        variant.metrics.prompt_tokens.increment(prompt);
+        variant.metrics.completion_tokens.increment(completion);
+        variant
+            .metrics
+            .cost
+            .increment(variant.cost.price(prompt, completion));
+    }
+
+    // Decide.
+    let decision = decide::decide(
+        &variant.policy,
+        &Observation {
+            refusal,
+            version_mismatch,
+            confidence,
+        },
+        fastrand::f64(),
+    );
+    let confidence = confidence.ok();
+    let model_version = reported
+        .or(variant.version.as_deref())
+        .and_then(|v| HeaderValue::from_str(v).ok());
+    if let Decision::Reject(reason) = decision {
+        let e = match reason {
+            decide::Reason::VersionMismatch => ProxyError::VersionMismatch {
+                pinned: variant.version.as_deref().unwrap_or_default().to_owned(),
+                reported: reported.unwrap_or("(none)").to_owned(),
+            },
+            _ => ProxyError::BadUpstreamResponse("no usable confidence in the response".into()),
+        };
+        return Err((variant, e));
+    }
+
+    // Publish the review item, if any; held and flagged outputs wait for durability.
+    let Some(reason) = decision.review_reason() else {
+        return Ok(Answer {
+            variant,
+            outcome: decision.outcome(),
+            response: release(
+                task,
+                variant,
+                resp,
+                decision.header(),
+                confidence,
+                model_version,
+                None,
+            ),
+        });
+    };
+    let review_id = uuid::Uuid::now_v7().to_string();
+    let disposition = match decision {
+        Decision::Hold(_) => Disposition::Held,
+        Decision::Flag(_) => Disposition::Flagged,
+        _ => Disposition::Released,
+    };
+    let payload = review::encode(&ReviewInput {
+        review_id: &review_id,
+        task,
+        variant,
+        reason,
+        disposition,
+        confidence,
+        reported_version: reported,
+        request: parts,
+        request_body: &body,
+        response_status: resp.status.as_u16(),
+        response_body: &resp.body,
+        trace_id: &trace_id(&parts.headers, &review_id),
+    });
+    let routing_key = review::routing_key(&task.name, reason);
+
+    if disposition == Disposition::Released {
+        // An audit sample never delays or fails the response it samples.
+        let publisher = state.publisher.clone();
+        let counter = variant.metrics.escalation(reason).clone();
+        tokio::spawn(async move {
+            if review::publish(&publisher, &routing_key, &review_id, &payload)
+                .await
+                .is_ok()
+            {
+                counter.increment(1);
+            }
+        });
+        return Ok(Answer {
+            variant,
+            outcome: decision.outcome(),
+            response: release(
+                task,
+                variant,
+                resp,
+                decision.header(),
+                confidence,
+                model_version,
+                None,
+            ),
+        });
+    }
+
+    if let Err(e) = review::publish(&state.publisher, &routing_key, &review_id, &payload).await {
+        return Err((variant, ProxyError::ReviewUnavailable(e.to_string())));
+    }
+    variant.metrics.escalation(reason).increment(1);
+    tracing::debug!(task = %task.name, variant = %variant.name, review_id, reason = reason.as_str(), "review item confirmed");
+
+    let response = match disposition {
+        Disposition::Flagged => release(
+            task,
+            variant,
+            resp,
+            "flag",
+            confidence,
+            model_version,
+            Some(&review_id),
+        ),
+        _ => held(task, variant, reason, confidence, model_version, &review_id),
+    };
+    Ok(Answer {
+        variant,
+        outcome: decision.outcome(),
+        response,
+    })
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ProxyError::BadRequestBody(e.to_string())),
+    }
+}
+
+/// The trace id for review items: W3C `traceparent`'s trace id, else `x-request-id`, else
+/// the review id.
+fn trace_id(headers: &HeaderMap, review_id: &str) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|id| id.len() == 32)
+        .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
+        .unwrap_or(review_id)
+        .to_owned()
+}
+
+fn tag(headers: &mut HeaderMap, task: &Task, variant: &Variant, decision: &'static str) {
+    headers.insert(X_DECISION, HeaderValue::from_static(decision));
+    if let Ok(v) = HeaderValue::from_str(&task.name) {
+        headers.insert(X_TASK, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&variant.name) {
+        headers.insert(X_VARIANT, v);
+    }
+}
+
+fn tag_observed(
+    headers: &mut HeaderMap,
+    confidence: Option<f64>,
+    version: Option<HeaderValue>,
+    review_id: Option<&str>,
+) {
+    if let Some(c) = confidence
+        && let Ok(v) = HeaderValue::from_str(&c.to_string())
+    {
+        headers.insert(X_CONFIDENCE, v);
+    }
+    if let Some(v) = version {
+        headers.insert(X_MODEL_VERSION, v);
+    }
+    if let Some(v) = review_id.and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(X_REVIEW_ID, v);
+    }
+}
+
+/// The upstream's response, byte for byte, plus the `x-triage-*` headers.
+fn release(
+    task: &Task,
+    variant: &Variant,
+    resp: UpstreamResponse,
+    decision: &'static str,
+    confidence: Option<f64>,
+    version: Option<HeaderValue>,
+    review_id: Option<&str>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(resp.body));
+    *response.status_mut() = resp.status;
+    *response.headers_mut() = resp.headers;
+    let headers = response.headers_mut();
+    tag(headers, task, variant, decision);
+    tag_observed(headers, confidence, version, review_id);
+    response
+}
+
+/// 202: the output is withheld until a reviewer decides.
+fn held(
+    task: &Task,
+    variant: &Variant,
+    reason: decide::Reason,
+    confidence: Option<f64>,
+    version: Option<HeaderValue>,
+    review_id: &str,
+) -> Response<Body> {
+    let body = serde_json::json!({
+        "status": "pending_review",
+        "review_id": review_id,
+        "task": &*task.name,
+        "variant": &*variant.name,
+        "reason": reason.as_str(),
+        "confidence": confidence,
+        "threshold": variant.policy.threshold,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    tag(headers, task, variant, "review");
+    tag_observed(headers, confidence, version, Some(review_id));
+    response
+}

@@ -1,0 +1,125 @@
+//! Routing rules: load → validate → compile → swap. The control plane's half of the rules.
+//!
+//! `raw` is what ops write; `compile` checks all of it (every error, with file, task and
+//! key) and builds the immutable [`RuleSet`] the hot path reads: matchers with parsed
+//! header names, probes with parsed JSON pointers, variants with bucket ranges and metric
+//! handles. A request loads one `Arc<RuleSet>` and uses it to the end.
+
+pub mod compile;
+pub mod load;
+pub mod raw;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::confidence::Extractor;
+use crate::decide::Policy;
+use crate::metrics::{TaskMetrics, VariantMetrics};
+use crate::probe::Probe;
+
+/// The active rules. Immutable once built.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub tasks: Box<[Task]>,
+    /// Hex xxh3-128 of the source files (names and contents).
+    pub hash: String,
+    pub loaded_at: SystemTime,
+    /// The rules as loaded, for `GET /admin/rules`.
+    pub source: serde_json::Value,
+}
+
+/// An upstream model server. Shared by every task (and rule set) that names it unchanged.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix of the upstream URL, without a trailing slash ("" for none).
+    pub base_path: Box<str>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Task {
+    pub name: Arc<str>,
+    pub matcher: Matcher,
+    pub model: ModelRules,
+    pub extractor: Extractor,
+    pub request_logprobs: bool,
+    /// Every response pointer the task reads, walked in one pass.
+    pub probe: Probe,
+    pub slots: Slots,
+    pub rollout: Rollout,
+    /// JSON pointers redacted from request and response bodies in review items.
+    pub redact: Box<[String]>,
+    /// Request headers copied into review items.
+    pub review_headers: Box<[HeaderName]>,
+    pub metrics: TaskMetrics,
+}
+
+#[derive(Debug, Default)]
+pub struct Matcher {
+    pub path_prefix: Option<Box<str>>,
+    pub method: Option<Method>,
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
+}
+
+#[derive(Debug, Default)]
+pub struct ModelRules {
+    /// JSON pointer of the model field in the request body.
+    pub request_field: Option<String>,
+    pub response: Option<ReportedVersion>,
+    pub aliases: Box<[String]>,
+}
+
+#[derive(Debug)]
+pub enum ReportedVersion {
+    /// Probe slot of `model.response_field`.
+    Field(usize),
+    Header(HeaderName),
+}
+
+/// Probe slots the response phase reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Slots {
+    pub refusal: Option<usize>,
+    pub finish_reason: Option<usize>,
+    pub prompt_tokens: Option<usize>,
+    pub completion_tokens: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct Rollout {
+    pub sticky_header: Option<HeaderName>,
+    pub salt: Box<str>,
+    pub variants: Box<[Variant]>,
+}
+
+#[derive(Debug)]
+pub struct Variant {
+    pub name: Arc<str>,
+    /// The pinned model version; `None` when the task pins nothing.
+    pub version: Option<Arc<str>>,
+    /// Exclusive end of this variant's cumulative bucket range (0..=10_000).
+    pub bucket_end: u32,
+    pub upstream: Arc<Upstream>,
+    pub policy: Policy,
+    pub cost: Cost,
+    pub metrics: VariantMetrics,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Cost {
+    pub prompt_per_1m: f64,
+    pub completion_per_1m: f64,
+}
+
+impl Cost {
+    pub fn price(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.prompt_per_1m
+            + completion_tokens as f64 * self.completion_per_1m)
+            / 1e6
+    }
+}

@@ -1,0 +1,103 @@
+//! Command line and environment, parsed once at start. Nothing here is reloadable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "triage",
+    version,
+    about = "Confidence-thresholding router sidecar for production AI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Serve(Box<ServeArgs>),
+    /// Validate rules: exit 0, or exit 1 with every error and where it is.
+    Check {
+        /// A .yaml/.yml/.json file, or a directory of them.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Rules: a .yaml/.yml/.json file, or a directory of them.
+    #[arg(long, env = "TRIAGE_RULES")]
+    pub rules: PathBuf,
+    /// Data-plane listen address.
+    #[arg(long, env = "TRIAGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin listen address (health, metrics, admin).
+    #[arg(long, env = "TRIAGE_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
+    pub admin_listen: SocketAddr,
+    /// RabbitMQ URL (amqp:// or amqps://). Prefer the environment variable: it holds a password.
+    #[arg(
+        long,
+        env = "TRIAGE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+    /// Directory of the local review spool.
+    #[arg(long, env = "TRIAGE_SPOOL_DIR", default_value = "./triage-spool")]
+    pub spool_dir: PathBuf,
+    /// File holding the admin bearer token (or set TRIAGE_ADMIN_TOKEN to the token itself).
+    #[arg(long, env = "TRIAGE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[arg(long, env = "TRIAGE_REVIEW_EXCHANGE", default_value = "triage.review")]
+    pub review_exchange: String,
+    #[arg(long, env = "TRIAGE_REVIEW_QUEUE", default_value = "triage.review")]
+    pub review_queue: String,
+    #[arg(
+        long,
+        env = "TRIAGE_VERDICT_EXCHANGE",
+        default_value = "triage.verdicts"
+    )]
+    pub verdict_exchange: String,
+    #[arg(
+        long,
+        env = "TRIAGE_VERDICT_QUEUE",
+        default_value = "triage.verdicts.metrics"
+    )]
+    pub verdict_queue: String,
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, env = "TRIAGE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest upstream response body read (502 bad_upstream_response beyond).
+    #[arg(long, env = "TRIAGE_MAX_RESPONSE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+    /// Deadline for a review publish and its broker confirm.
+    #[arg(long, env = "TRIAGE_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub publish_timeout_ms: u64,
+    /// Upstream TCP connect timeout (the response timeout is per upstream, in the rules).
+    #[arg(
+        long,
+        env = "TRIAGE_UPSTREAM_CONNECT_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub upstream_connect_timeout_ms: u64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "TRIAGE_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
+    pub shutdown_timeout_ms: u64,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, env = "TRIAGE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Log format on stderr.
+    #[arg(long, env = "TRIAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

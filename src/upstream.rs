@@ -1,0 +1,250 @@
+//! Pin the model version in the request, forward it, and read the response with a cap.
+//!
+//! One pooled HTTP/1.1 client serves every upstream: pools are keyed by authority, so a rules
+//! reload never rebuilds them, and an upstream whose URL changed simply uses another pool
+//! while the old one's idle connections time out.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, StatusCode, Uri, Version, request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::Value;
+
+use crate::error::ProxyError;
+use crate::rules::{Task, Upstream};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
+/// we set ourselves.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(listed) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let listed: Vec<HeaderName> = listed
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_response_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration, max_response_bytes: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        UpstreamClient {
+            client,
+            max_response_bytes,
+        }
+    }
+
+    /// Send the request and read the whole response within the upstream's timeout.
+    pub async fn forward(
+        &self,
+        upstream: &Upstream,
+        parts: &request::Parts,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let req = self.build(upstream, parts, body)?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ProxyError::Upstream(error_chain(&e)))?;
+            let (head, body) = resp.into_parts();
+            let body = Limited::new(body, self.max_response_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ProxyError::BadUpstreamResponse(format!(
+                            "response body larger than {} bytes",
+                            self.max_response_bytes
+                        ))
+                    } else {
+                        ProxyError::Upstream(format!("reading response body: {e}"))
+                    }
+                })?
+                .to_bytes();
+            let mut headers = head.headers;
+            strip_hop_by_hop(&mut headers);
+            Ok(UpstreamResponse {
+                status: head.status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(upstream.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::UpstreamTimeout(upstream.timeout.as_millis())),
+        }
+    }
+
+    fn build(
+        &self,
+        upstream: &Upstream,
+        parts: &request::Parts,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, ProxyError> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(format!("{}{}", upstream.base_path, path))
+            .build()
+            .map_err(|e| ProxyError::Upstream(format!("building upstream URI: {e}")))?;
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        headers.insert(
+            header::CONTENT_LENGTH,
+            header::HeaderValue::from(body.len()),
+        );
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// The request as it goes upstream.
+#[derive(Debug)]
+pub struct Pinned {
+    pub body: Bytes,
+    /// Index of the serving variant.
+    pub variant: usize,
+    /// The request named an allowed pinned version itself.
+    pub overridden: bool,
+}
+
+/// Pin the model version: rewrite a missing or aliased model to the chosen variant's
+/// version, route an explicit pinned version to its own variant, refuse anything else.
+/// Also adds `"logprobs": true` when the task asks for it. Leaves the body untouched when
+/// the task rewrites nothing.
+pub fn pin_request(task: &Task, chosen: usize, body: Bytes) -> Result<Pinned, ProxyError> {
+    let field = task.model.request_field.as_deref();
+    if field.is_none() && !task.request_logprobs {
+        return Ok(Pinned {
+            body,
+            variant: chosen,
+            overridden: false,
+        });
+    }
+    let mut doc: Value =
+        serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+    if !doc.is_object() {
+        return Err(ProxyError::InvalidJson("expected a JSON object".into()));
+    }
+    let mut variant = chosen;
+    let mut overridden = false;
+    if let Some(field) = field {
+        let variants = &task.rollout.variants;
+        let requested = match doc.pointer(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(other) => return Err(ProxyError::ModelVersionNotAllowed(other.to_string())),
+        };
+        let rewrite = match requested {
+            None => true,
+            Some(name) if task.model.aliases.iter().any(|a| a == name) => true,
+            Some(name) => match variants
+                .iter()
+                .position(|v| v.version.as_deref() == Some(name))
+            {
+                Some(i) => {
+                    overridden = i != chosen;
+                    variant = i;
+                    false
+                }
+                None if variants.iter().all(|v| v.version.is_none()) => false,
+                None => return Err(ProxyError::ModelVersionNotAllowed(name.to_owned())),
+            },
+        };
+        if rewrite && let Some(version) = variants.get(variant).and_then(|v| v.version.as_deref()) {
+            set_pointer(&mut doc, field, Value::String(version.to_owned()))?;
+        }
+    }
+    if task.request_logprobs
+        && let Some(obj) = doc.as_object_mut()
+    {
+        obj.insert("logprobs".into(), Value::Bool(true));
+    }
+    let body = serde_json::to_vec(&doc).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+    Ok(Pinned {
+        body: body.into(),
+        variant,
+        overridden,
+    })
+}
+
+fn set_pointer(doc: &mut Value, pointer: &str, value: Value) -> Result<(), ProxyError> {
+    if let Some(slot) = doc.pointer_mut(pointer) {
+        *slot = value;
+        return Ok(());
+    }
+    let (parent, last) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+    let key = last.replace("~1", "/").replace("~0", "~");
+    match doc.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.insert(key, value);
+            Ok(())
+        }
+        _ => Err(ProxyError::InvalidJson(format!(
+            "no JSON object at {parent:?} for the model field"
+        ))),
+    }
+}

@@ -1,0 +1,511 @@
+//! Test harness: the real `triage` binary on port 0, a model upstream written here, and the
+//! real RabbitMQ with names unique to each test (deleted when the fixture drops).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+// ---------------------------------------------------------------------------------------
+// The model upstream
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(v: serde_json::Value) -> Self {
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(&v).unwrap(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn raw(status: u16, body: &[u8]) -> Self {
+        Reply {
+            status,
+            headers: vec![],
+            body: body.to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// An HTTP/1.1 upstream answering every request with `handler`.
+    pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let recorded = recorded.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let rec = Recorded {
+                                method: parts.method.to_string(),
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect(),
+                                body,
+                            };
+                            recorded.lock().unwrap().push(rec.clone());
+                            let reply = handler(&rec);
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
+                            for (k, v) in reply.headers {
+                                resp.headers_mut().append(
+                                    hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                    v.parse().unwrap(),
+                                );
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, requests }
+    }
+}
+
+/// An "upstream" that accepts connections and closes them without answering.
+pub async fn closing_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            drop(stream);
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------
+// Model responses
+
+/// An OpenAI-style chat completion whose token logprobs all equal `ln(confidence)`.
+pub fn chat_completion(model: &str, confidence: f64) -> serde_json::Value {
+    let lp = confidence.ln();
+    serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{
+            "index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "total: 42.00", "refusal": null},
+            "logprobs": {"content": [
+                {"token": "total", "logprob": lp, "top_logprobs": []},
+                {"token": ":", "logprob": lp, "top_logprobs": []},
+                {"token": " 42", "logprob": lp, "top_logprobs": []}
+            ]}
+        }],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 3, "total_tokens": 123}
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// RabbitMQ
+
+/// Exchange and queue names unique to one test; deleted when dropped.
+pub struct Names {
+    pub review_exchange: String,
+    pub review_queue: String,
+    pub verdict_exchange: String,
+    pub verdict_queue: String,
+}
+
+impl Names {
+    pub fn unique() -> Names {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        Names {
+            review_exchange: format!("test.{id}.review"),
+            review_queue: format!("test.{id}.review"),
+            verdict_exchange: format!("test.{id}.verdicts"),
+            verdict_queue: format!("test.{id}.verdicts.metrics"),
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--review-exchange".into(),
+            self.review_exchange.clone(),
+            "--review-queue".into(),
+            self.review_queue.clone(),
+            "--verdict-exchange".into(),
+            self.verdict_exchange.clone(),
+            "--verdict-queue".into(),
+            self.verdict_queue.clone(),
+        ]
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let queues = [
+            self.review_queue.clone(),
+            format!("{}.dead", self.review_queue),
+            self.verdict_queue.clone(),
+            format!("{}.dead", self.verdict_queue),
+        ];
+        let exchanges = [
+            self.review_exchange.clone(),
+            format!("{}.dead", self.review_exchange),
+            self.verdict_exchange.clone(),
+            format!("{}.dead", self.verdict_exchange),
+        ];
+        // Drop may run inside a runtime: clean up from a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                for q in queues {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+                for e in exchanges {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "test cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+pub struct Broker {
+    pub conn: Connection,
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub routing_key: String,
+    pub body: serde_json::Value,
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    pub delivery_mode: Option<u8>,
+}
+
+impl Broker {
+    pub async fn connect() -> Broker {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672");
+        Broker { conn }
+    }
+
+    /// Take the next message from `queue`, waiting up to `wait`.
+    pub async fn next(&self, queue: &str, wait: Duration) -> Option<Message> {
+        let ch = self.conn.create_channel().await.unwrap();
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(Some(m)) = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+            {
+                let d = m.delivery;
+                let p = &d.properties;
+                return Some(Message {
+                    routing_key: d.routing_key.to_string(),
+                    body: serde_json::from_slice(&d.data).unwrap_or(serde_json::Value::Null),
+                    message_id: p.message_id().as_ref().map(|s| s.to_string()),
+                    content_type: p.content_type().as_ref().map(|s| s.to_string()),
+                    delivery_mode: *p.delivery_mode(),
+                });
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every message currently in `queue` (waits briefly for stragglers).
+    pub async fn drain(&self, queue: &str) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(m) = self.next(queue, Duration::from_millis(300)).await {
+            out.push(m);
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The triage process
+
+pub struct Triage {
+    pub child: Child,
+    pub data: String,
+    pub admin: String,
+    pub names: Names,
+    pub dir: tempfile::TempDir,
+    pub rules_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_triage")
+}
+
+impl Triage {
+    /// Start triage with `rules` and wait until it is ready (broker connected).
+    pub async fn start(rules: &str) -> Triage {
+        Self::start_with(rules, &[], &[]).await
+    }
+
+    pub async fn start_with(rules: &str, args: &[&str], env: &[(&str, &str)]) -> Triage {
+        let t = Self::spawn(rules, args, env).await;
+        t.wait_ready().await;
+        t
+    }
+
+    /// Start without waiting for readiness.
+    pub async fn spawn(rules: &str, args: &[&str], env: &[(&str, &str)]) -> Triage {
+        let dir = tempfile::tempdir().unwrap();
+        let rules_path = dir.path().join("rules.yaml");
+        std::fs::write(&rules_path, rules).unwrap();
+        let names = Names::unique();
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--rules")
+            .arg(&rules_path)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--spool-dir")
+            .arg(dir.path().join("spool"))
+            .args(names.args())
+            .args(args)
+            .env("TRIAGE_AMQP_URL", AMQP_URL)
+            .env("TRIAGE_LOG", "triage=debug,info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start triage");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("triage printed no listening line in time")
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!(
+                    "triage exited: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                )
+            });
+        let (data, admin) = parse_listening(&line);
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Triage {
+            child,
+            data: format!("http://{data}"),
+            admin: format!("http://{admin}"),
+            names,
+            dir,
+            rules_path,
+            stderr_path,
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "triage not ready in time: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one sample on `/metrics`, e.g. `triage_requests_total{task="a",…}`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+}
+
+pub fn parse_listening(line: &str) -> (String, String) {
+    let mut data = None;
+    let mut admin = None;
+    for part in line.trim().split(' ') {
+        if let Some(v) = part.strip_prefix("data=") {
+            data = Some(v.to_string());
+        }
+        if let Some(v) = part.strip_prefix("admin=") {
+            admin = Some(v.to_string());
+        }
+    }
+    assert!(
+        line.starts_with("listening "),
+        "unexpected first line: {line}"
+    );
+    (data.unwrap(), admin.unwrap())
+}
+
+/// Sum of the samples of `name` whose labels include all of `labels` (0 when none).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let ok = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            if ok { value.parse::<f64>().ok() } else { None }
+        })
+        .sum()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
