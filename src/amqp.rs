@@ -101,7 +101,7 @@ impl Publisher {
                     properties,
                 )
                 .await?;
-            Ok::<_, lapin::Error>(confirm.await?)
+            confirm.await
         };
         let result = match tokio::time::timeout(self.confirm_timeout, publish).await {
             Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),

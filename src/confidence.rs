@@ -208,19 +208,104 @@ mod tests {
         }
     }
 
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            (-2.0f64..2.0).prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            any::<i64>().prop_map(Value::from),
+            "[a-z0-9.]{0,6}".prop_map(Value::String),
+        ];
+        // Keys biased towards the paths the extractors read, so the walks go deep.
+        let key = prop_oneof![
+            Just("choices".to_string()),
+            Just("0".to_string()),
+            Just("logprobs".to_string()),
+            Just("content".to_string()),
+            Just("logprob".to_string()),
+            Just("confidence".to_string()),
+            Just("probabilities".to_string()),
+            "[a-z]{1,3}",
+        ];
+        leaf.prop_recursive(6, 96, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn extractors() -> (crate::probe::Probe, Vec<Extractor>) {
+        use crate::probe::{Kind, Probe, Step, parse_pointer};
+        let mut probe = Probe::default();
+        let conf = probe.add(&parse_pointer("/confidence").unwrap(), Kind::One);
+        let mut lp = parse_pointer("/choices/0/logprobs/content").unwrap();
+        lp.push(Step::Each);
+        lp.push(Step::token("logprob"));
+        let lp = probe.add(&lp, Kind::Many);
+        let mut arr = parse_pointer("/probabilities").unwrap();
+        arr.push(Step::Each);
+        let arr = probe.add(&arr, Kind::Many);
+        let list = vec![
+            Extractor::JsonPointer { slot: conf },
+            Extractor::OpenaiLogprobs {
+                slot: lp,
+                aggregate: Aggregate::Mean,
+            },
+            Extractor::OpenaiLogprobs {
+                slot: lp,
+                aggregate: Aggregate::Min,
+            },
+            Extractor::Max { slot: arr },
+            Extractor::SoftmaxMax { slot: arr },
+        ];
+        (probe, list)
+    }
+
     proptest! {
         #[test]
+        fn any_json_in_never_a_panic_and_in_range_or_missing(doc in arb_json()) {
+            let (probe, list) = extractors();
+            let body = serde_json::to_vec(&doc).unwrap();
+            let found = probe.run(&body).ok();
+            prop_assert!(found.is_some(), "valid JSON is always walked");
+            for ex in &list {
+                if let Ok(c) = extract(ex, found.as_deref(), &HeaderMap::new()) {
+                    prop_assert!((0.0..=1.0).contains(&c), "{c} from {doc}");
+                }
+            }
+        }
+
+        #[test]
+        fn any_bytes_in_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let (probe, list) = extractors();
+            let found = probe.run(&body).ok();
+            for ex in &list {
+                if let Ok(c) = extract(ex, found.as_deref(), &HeaderMap::new()) {
+                    prop_assert!((0.0..=1.0).contains(&c));
+                }
+            }
+        }
+
+        #[test]
         fn pure_extractors_stay_in_range(v in proptest::collection::vec(any::<f64>(), 0..64)) {
-            for r in [
+            for c in [
                 from_logprobs(&v, Aggregate::Mean),
                 from_logprobs(&v, Aggregate::Min),
                 max_probability(&v),
                 softmax_max(&v),
-            ] {
-                if let Ok(c) = r {
-                    prop_assert!((0.0..=1.0).contains(&c), "{c}");
-                }
+            ]
+            .into_iter()
+            .flatten()
+            {
+                prop_assert!((0.0..=1.0).contains(&c), "{c}");
             }
+
         }
     }
 }

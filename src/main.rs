@@ -95,6 +95,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let token = match admin_token(&args) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let rules = match rules::load::load(&args.rules) {
         Ok(rules) => rules,
         Err(errors) => {
@@ -121,7 +128,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, rules, metrics)) {
+    match runtime.block_on(run(args, rules, metrics, token)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -134,6 +141,7 @@ async fn run(
     args: ServeArgs,
     rules: rules::RuleSet,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
+    token: Option<admin::Token>,
 ) -> Result<(), String> {
     let data = TcpListener::bind(args.listen)
         .await
@@ -153,18 +161,30 @@ async fn run(
         verdict_exchange: args.verdict_exchange.clone(),
         confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
     });
+    let rules = Arc::new(ArcSwap::from_pointee(rules));
+    let reloader = Arc::new(rules::reload::Reloader::new(
+        args.rules.clone(),
+        rules.clone(),
+    ));
+    rules::reload::spawn_triggers(
+        reloader.clone(),
+        Duration::from_millis(args.rules_poll_interval_ms),
+    );
     let state = Arc::new(proxy::State {
-        rules: ArcSwap::from_pointee(rules),
+        rules,
         upstream: upstream::UpstreamClient::new(
             Duration::from_millis(args.upstream_connect_timeout_ms),
             args.max_response_bytes,
         ),
         publisher,
         max_body_bytes: args.max_body_bytes,
+        in_flight: tokio::sync::Semaphore::new(args.max_in_flight),
     });
     let admin_state = Arc::new(admin::Admin {
         state: state.clone(),
         metrics: metrics_handle,
+        reloader,
+        token,
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -192,6 +212,20 @@ async fn run(
     let _ = data_task.await;
     let _ = admin_task.await;
     Ok(())
+}
+
+/// The admin bearer token: `TRIAGE_ADMIN_TOKEN`, else the `--admin-token-file`'s content.
+/// Never logged, never on a command line.
+fn admin_token(args: &ServeArgs) -> Result<Option<admin::Token>, String> {
+    if let Ok(token) = std::env::var("TRIAGE_ADMIN_TOKEN") {
+        return Ok(admin::Token::new(&token));
+    }
+    match &args.admin_token_file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| admin::Token::new(&t))
+            .map_err(|e| format!("cannot read --admin-token-file {}: {e}", path.display())),
+    }
 }
 
 async fn wait_for_signal() {

@@ -197,3 +197,15 @@ pub fn rules_loaded(hash: &str) {
     gauge!(RULES_LAST_RELOAD_OK).set(1.0);
     gauge!(RULES_INFO, "hash" => hash.to_owned()).set(1.0);
 }
+
+/// New rules replaced `old_hash`.
+pub fn rules_swapped(old_hash: &str, new_hash: &str) {
+    gauge!(RULES_INFO, "hash" => old_hash.to_owned()).set(0.0);
+    rules_loaded(new_hash);
+}
+
+/// A reload was refused; the running rules stay.
+pub fn rules_reload_failed() {
+    counter!(RULES_RELOADS, "result" => "error").increment(1);
+    gauge!(RULES_LAST_RELOAD_OK).set(0.0);
+}

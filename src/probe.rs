@@ -44,17 +44,18 @@ pub fn parse_pointer(pointer: &str) -> Result<Vec<Step>, String> {
     };
     rest.split('/')
         .map(|raw| {
-            if raw.contains('~') {
-                let unescaped = raw.replace("~1", "/").replace("~0", "~");
-                if unescaped.contains('~') {
-                    return Err(format!(
-                        "JSON pointer {pointer:?} has an invalid '~' escape"
-                    ));
-                }
-                Ok(Step::token(&unescaped))
-            } else {
-                Ok(Step::token(raw))
+            if !raw.contains('~') {
+                return Ok(Step::token(raw));
             }
+            let valid = raw
+                .match_indices('~')
+                .all(|(i, _)| matches!(raw.as_bytes().get(i + 1), Some(b'0' | b'1')));
+            if !valid {
+                return Err(format!(
+                    "JSON pointer {pointer:?} has an invalid '~' escape"
+                ));
+            }
+            Ok(Step::token(&raw.replace("~1", "/").replace("~0", "~")))
         })
         .collect()
 }

@@ -37,14 +37,20 @@ const X_REVIEW_ID: HeaderName = HeaderName::from_static("x-triage-review-id");
 
 /// Everything the data plane shares.
 pub struct State {
-    pub rules: ArcSwap<RuleSet>,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+
     pub upstream: UpstreamClient,
     pub publisher: Arc<Publisher>,
     pub max_body_bytes: usize,
+    /// Bounds concurrent requests; beyond it the answer is a fast 503 `overloaded`.
+    pub in_flight: tokio::sync::Semaphore,
 }
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        return ProxyError::Overloaded.to_response(None);
+    };
     let rules = state.rules.load_full();
     let Some(task) = route::match_task(&rules, req.method(), req.uri().path(), req.headers())
     else {
@@ -186,8 +192,11 @@ async fn run<'t>(
             .as_deref()
             .is_some_and(|pinned| reported != Some(pinned));
     let confidence = confidence::extract(&task.extractor, found, &resp.headers);
-    if let Ok(c) = confidence {
-        variant.metrics.confidence.record(c);
+    match confidence {
+        Ok(c) => variant.metrics.confidence.record(c),
+        Err(missing) => {
+            tracing::debug!(task = %task.name, variant = %variant.name, missing = missing.as_str(), "no usable confidence")
+        }
     }
     let tokens = |s| {
         slot(s)

@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// Largest upstream response body read (502 bad_upstream_response beyond).
     #[arg(long, env = "TRIAGE_MAX_RESPONSE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_response_bytes: usize,
+    /// Concurrent requests in flight; beyond it requests get a fast 503 `overloaded`.
+    #[arg(long, env = "TRIAGE_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
     /// Deadline for a review publish and its broker confirm.
     #[arg(long, env = "TRIAGE_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
@@ -88,7 +91,12 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "TRIAGE_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     pub shutdown_timeout_ms: u64,
+    /// Re-read the rules this often even without a file event (0: never). A safety net for
+    /// volumes where file events do not arrive; unchanged content is a no-op.
+    #[arg(long, env = "TRIAGE_RULES_POLL_INTERVAL_MS", default_value_t = 30_000)]
+    pub rules_poll_interval_ms: u64,
     /// Runtime worker threads (default: one per CPU).
+
     #[arg(long, env = "TRIAGE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     /// Log format on stderr.

@@ -22,7 +22,11 @@ use crate::probe::{Kind, Probe, Step, parse_pointer};
 pub const BUCKETS: u32 = 10_000;
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 
+/// Resolves an upstream name for a key, reporting unknown names.
+type UpstreamLookup<'a> = dyn Fn(&str, &str, &mut Errors) -> Option<Arc<Upstream>> + 'a;
+
 /// One rules file's name and text.
+
 #[derive(Debug, Clone)]
 pub struct SourceFile {
     pub name: String,
@@ -73,13 +77,8 @@ pub fn compile(files: &[SourceFile]) -> Result<RuleSet, Vec<RuleError>> {
     let mut errors = Vec::new();
     let mut upstreams: BTreeMap<String, (String, RawUpstream)> = BTreeMap::new();
     let mut tasks: Vec<(String, RawTask)> = Vec::new();
-    let mut hasher = Xxh3::new();
 
     for file in files {
-        hasher.update(file.name.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(file.text.as_bytes());
-        hasher.update(&[0]);
         let mut err = Errors {
             file: &file.name,
             task: None,
@@ -181,15 +180,42 @@ pub fn compile(files: &[SourceFile]) -> Result<RuleSet, Vec<RuleError>> {
     }
     let source = serde_json::json!({
         "files": files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
-        "upstreams": upstreams.iter().map(|(k, (_, u))| (k.clone(), u.clone())).collect::<BTreeMap<_, _>>(),
+        "upstreams": upstreams
+            .iter()
+            .map(|(k, (_, u))| (k.clone(), RawUpstream { url: display_url(&u.url), ..u.clone() }))
+            .collect::<BTreeMap<_, _>>(),
+
         "tasks": tasks.iter().map(|(_, t)| t).collect::<Vec<_>>(),
     });
     Ok(RuleSet {
         tasks: compiled.into(),
-        hash: format!("{:032x}", hasher.digest128()),
+        hash: hash_sources(files),
         loaded_at: SystemTime::now(),
         source,
     })
+}
+
+/// The content hash of a set of rules files: hex xxh3-128 over names and texts. Reloads
+/// compare it, not mtimes (a kubelet ConfigMap swap keeps the mtime of the visible name).
+pub fn hash_sources(files: &[SourceFile]) -> String {
+    let mut hasher = Xxh3::new();
+    for file in files {
+        hasher.update(file.name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(file.text.as_bytes());
+        hasher.update(&[0]);
+    }
+    format!("{:032x}", hasher.digest128())
+}
+
+/// An upstream URL for display: any `user:password@` is masked.
+fn display_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn typed<T: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, (String, String)> {
@@ -590,7 +616,7 @@ fn compile_variants(
     policy: &Policy,
     task_cost: Cost,
     task_upstream: Option<&Arc<Upstream>>,
-    upstream: &dyn Fn(&str, &str, &mut Errors) -> Option<Arc<Upstream>>,
+    upstream: &UpstreamLookup,
     err: &mut Errors,
 ) -> Vec<Variant> {
     if rollout.variants.is_empty() {

@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod load;
 pub mod raw;
+pub mod reload;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

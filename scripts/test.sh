@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The one test command: broker up, formatting, lints, the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-rabbitmq.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --locked --all-targets

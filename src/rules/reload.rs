@@ -1,0 +1,212 @@
+//! Live rules: every trigger (file watcher, SIGHUP, `POST /admin/reload`, a slow poll) runs
+//! the same path — read → hash → compile (all errors) → swap — and a failure changes nothing.
+//!
+//! The active rules sit in an `ArcSwap`: requests `load_full()` a snapshot and never block
+//! on a reload; a reload never changes a request midway. Reloads are serialised by an async
+//! mutex that only the control plane takes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::RuleSet;
+use super::compile::{compile, hash_sources};
+use super::load;
+use crate::metrics;
+
+/// What the last reload attempt did, for `GET /admin/rules`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub result: &'static str,
+    pub trigger: &'static str,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    pub errors: Vec<String>,
+}
+
+pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    Swapped { hash: String },
+    Unchanged { hash: String },
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    rules: Arc<ArcSwap<RuleSet>>,
+    status: ArcSwap<ReloadStatus>,
+    serial: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, rules: Arc<ArcSwap<RuleSet>>) -> Self {
+        Reloader {
+            path,
+            rules,
+            status: ArcSwap::from_pointee(ReloadStatus {
+                result: "ok",
+                trigger: "start",
+                at: SystemTime::now(),
+                errors: Vec::new(),
+            }),
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn status(&self) -> Arc<ReloadStatus> {
+        self.status.load_full()
+    }
+
+    /// Read, compile and swap. On error the running rules stay; the errors are returned,
+    /// logged, counted and shown by `/admin/rules`.
+    pub async fn reload(&self, trigger: &'static str) -> Result<Reloaded, Vec<String>> {
+        self.attempt(trigger, true).await
+    }
+
+    /// One try; errors are recorded (status, metric, log) only when `record` is set.
+    async fn attempt(&self, trigger: &'static str, record: bool) -> Result<Reloaded, Vec<String>> {
+        let _serial = self.serial.lock().await;
+        let path = self.path.clone();
+        let current = self.rules.load().hash.clone();
+        let attempt = tokio::task::spawn_blocking(move || {
+            let files = load::read(&path)?;
+            let hash = hash_sources(&files);
+            if hash == current {
+                return Ok(None);
+            }
+            compile(&files).map(Some)
+        })
+        .await;
+        let result = match attempt {
+            Ok(Ok(None)) => {
+                return Ok(Reloaded::Unchanged {
+                    hash: self.rules.load().hash.clone(),
+                });
+            }
+            Ok(Ok(Some(rules))) => Ok(rules),
+            Ok(Err(errors)) => Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            Err(e) => Err(vec![format!("reload task failed: {e}")]),
+        };
+        match result {
+            Ok(rules) => {
+                let hash = rules.hash.clone();
+                let paused: Vec<&str> = rules
+                    .tasks
+                    .iter()
+                    .filter(|t| t.rollout.variants.iter().any(|v| v.policy.paused))
+                    .map(|t| &*t.name)
+                    .collect();
+                tracing::info!(trigger, %hash, tasks = rules.tasks.len(), ?paused, "rules reloaded");
+                let old = self.rules.swap(Arc::new(rules));
+                metrics::rules_swapped(&old.hash, &hash);
+                self.status.store(Arc::new(ReloadStatus {
+                    result: "ok",
+                    trigger,
+                    at: SystemTime::now(),
+                    errors: Vec::new(),
+                }));
+                Ok(Reloaded::Swapped { hash })
+            }
+            Err(errors) if !record => Err(errors),
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(trigger, error = %e, "rules reload refused; the running rules stay");
+                }
+                metrics::rules_reload_failed();
+                self.status.store(Arc::new(ReloadStatus {
+                    result: "error",
+                    trigger,
+                    at: SystemTime::now(),
+                    errors: errors.clone(),
+                }));
+                Err(errors)
+            }
+        }
+    }
+
+    /// A reload from the file watcher or the poll: a file caught mid-swap (briefly missing,
+    /// half-written) is retried a few times before it counts as an error.
+    async fn reload_settled(&self, trigger: &'static str) {
+        for attempt in 1..=3 {
+            let last = attempt == 3;
+            if self.attempt(trigger, last).await.is_ok() || last {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The directory to watch: the rules directory itself, or a file's parent. Watching the
+/// file would see the first kubelet swap and then nothing (the inode it watched is gone).
+fn watch_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+/// Start the triggers: a debounced directory watcher, SIGHUP, and a slow poll.
+pub fn spawn_triggers(reloader: Arc<Reloader>, poll: Duration) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let dir = watch_dir(&reloader.path);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Any kind of event, even a Remove, means "look again"; a full channel already does.
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; relying on SIGHUP, the admin endpoint and the poll");
+            None
+        }
+    };
+
+    let r = reloader.clone();
+    tokio::spawn(async move {
+        let _watcher = watcher; // lives as long as this task
+        while rx.recv().await.is_some() {
+            // Debounce: a ConfigMap swap or an editor save is a burst of events.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while rx.try_recv().is_ok() {}
+            r.reload_settled("watch").await;
+        }
+    });
+
+    let r = reloader.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = r.reload("sighup").await;
+        }
+    });
+
+    if !poll.is_zero() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(poll);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                reloader.reload_settled("poll").await;
+            }
+        });
+    }
+}
