@@ -375,7 +375,17 @@ impl Triage {
         t
     }
 
+    /// Start with `--rules` pointing at `path` (a file or directory the test laid out).
+    pub async fn start_with_rules_path(path: &std::path::Path, args: &[&str]) -> Triage {
+        let mut all = vec!["--rules", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let t = Self::spawn("version: 1\n", &all, &[]).await;
+        t.wait_ready().await;
+        t
+    }
+
     /// Start without waiting for readiness.
+
     pub async fn spawn(rules: &str, args: &[&str], env: &[(&str, &str)]) -> Triage {
         let dir = tempfile::tempdir().unwrap();
         let rules_path = dir.path().join("rules.yaml");
@@ -384,10 +394,11 @@ impl Triage {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.arg("serve")
-            .arg("--rules")
-            .arg(&rules_path)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        cmd.arg("serve");
+        if !args.contains(&"--rules") {
+            cmd.arg("--rules").arg(&rules_path);
+        }
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--spool-dir")
             .arg(dir.path().join("spool"))
             .args(names.args())
