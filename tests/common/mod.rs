@@ -385,7 +385,6 @@ impl Triage {
     }
 
     /// Start without waiting for readiness.
-
     pub async fn spawn(rules: &str, args: &[&str], env: &[(&str, &str)]) -> Triage {
         let dir = tempfile::tempdir().unwrap();
         let rules_path = dir.path().join("rules.yaml");
