@@ -145,18 +145,23 @@ fn rules(admin: &Admin) -> Response<Body> {
                 .map(|v| {
                     let weight = f64::from(v.bucket_end - start) / 100.0;
                     start = v.bucket_end;
+                    let guard = v.guard.as_ref().map(|g| {
+                        let w = g.window();
+                        json!({"halted": g.halted(), "window_requests": w.requests,
+                               "window_escalations": w.escalations, "window_errors": w.errors})
+                    });
                     json!({"name": &*v.name, "version": v.version.as_deref(), "weight": weight,
-                           "upstream": &*v.upstream.name, "threshold": v.policy.threshold})
+                           "upstream": &*v.upstream.name, "threshold": v.policy.threshold,
+                           "shadow_rate": v.shadow, "guard": guard})
                 })
                 .collect();
-            let paused = t.rollout.variants.iter().any(|v| v.policy.paused);
-            json!({"name": &*t.name, "paused": paused, "variants": variants})
+            json!({"name": &*t.name, "paused": t.paused(), "variants": variants})
         })
         .collect();
     let paused: Vec<&str> = rules
         .tasks
         .iter()
-        .filter(|t| t.rollout.variants.iter().any(|v| v.policy.paused))
+        .filter(|t| t.paused())
         .map(|t| &*t.name)
         .collect();
     json_response(

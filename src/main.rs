@@ -9,7 +9,9 @@ mod amqp;
 mod confidence;
 mod decide;
 mod error;
+mod guard;
 mod metrics;
+mod observe;
 mod probe;
 mod proxy;
 mod review;
@@ -17,6 +19,7 @@ mod route;
 mod rules;
 mod server;
 mod settings;
+mod shadow;
 mod upstream;
 
 use std::io::Write;
@@ -179,6 +182,7 @@ async fn run(
         publisher,
         max_body_bytes: args.max_body_bytes,
         in_flight: tokio::sync::Semaphore::new(args.max_in_flight),
+        shadow_slots: Arc::new(tokio::sync::Semaphore::new(args.max_shadow_in_flight)),
     });
     let admin_state = Arc::new(admin::Admin {
         state: state.clone(),

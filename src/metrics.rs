@@ -112,6 +112,14 @@ fn describe() {
     describe_gauge!(RULES_INFO, "1 for the hash of the active rules.");
     describe_gauge!(BUILD_INFO, "1, labelled with the triage version.");
     describe_counter!(UNROUTED, "Requests that matched no task (404 no_route).");
+    describe_gauge!(
+        ROLLOUT_HALTED,
+        "1 while a guardrail stops live traffic to the variant on this replica."
+    );
+    describe_counter!(
+        SHADOW_DROPPED,
+        "Shadow copies skipped because too many were in flight."
+    );
 }
 
 /// Handles for one (task, variant), resolved at compile time.
@@ -208,4 +216,17 @@ pub fn rules_swapped(old_hash: &str, new_hash: &str) {
 pub fn rules_reload_failed() {
     counter!(RULES_RELOADS, "result" => "error").increment(1);
     gauge!(RULES_LAST_RELOAD_OK).set(0.0);
+}
+
+pub const ROLLOUT_HALTED: &str = "triage_rollout_halted";
+pub const SHADOW_DROPPED: &str = "triage_shadow_dropped_total";
+
+/// The 0/1 gauge of a guarded variant.
+pub fn rollout_halted(task: &str, variant: &str) -> Gauge {
+    gauge!(ROLLOUT_HALTED, "task" => task.to_owned(), "variant" => variant.to_owned())
+}
+
+/// A shadow copy skipped because too many were in flight.
+pub fn shadow_dropped() {
+    counter!(SHADOW_DROPPED).increment(1);
 }

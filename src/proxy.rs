@@ -17,13 +17,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::amqp::Publisher;
-use crate::confidence;
-use crate::decide::{self, Decision, Observation, Outcome};
+use crate::decide::{self, Decision, Outcome};
 use crate::error::{Fault, ProxyError};
-use crate::probe::Found;
+use crate::observe;
 use crate::review::{self, Disposition, ReviewInput};
 use crate::route;
-use crate::rules::{ReportedVersion, RuleSet, Task, Variant};
+use crate::rules::{RuleSet, Task, Variant};
+use crate::shadow;
 use crate::upstream::{self, UpstreamClient, UpstreamResponse};
 
 pub type Body = Full<Bytes>;
@@ -44,6 +44,8 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Bounds concurrent requests; beyond it the answer is a fast 503 `overloaded`.
     pub in_flight: tokio::sync::Semaphore,
+    /// Bounds shadow copies in flight; beyond it copies are skipped (and counted).
+    pub shadow_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
@@ -52,16 +54,31 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         return ProxyError::Overloaded.to_response(None);
     };
     let rules = state.rules.load_full();
-    let Some(task) = route::match_task(&rules, req.method(), req.uri().path(), req.headers())
+    let Some((task_index, task)) =
+        route::match_task(&rules, req.method(), req.uri().path(), req.headers())
     else {
         crate::metrics::unrouted();
         return ProxyError::NoRoute.to_response(None);
     };
     let mut upstream_time = Duration::ZERO;
-    let response = serve(&state, task, req, &mut upstream_time).await;
+    let call = Call {
+        state: &state,
+        rules: &rules,
+        task_index,
+        task,
+    };
+    let response = serve(&call, req, &mut upstream_time).await;
     let overhead = started.elapsed().saturating_sub(upstream_time);
     task.metrics.overhead.record(overhead.as_secs_f64());
     response
+}
+
+/// One request's shared context: the state and the rules snapshot it loaded.
+struct Call<'c> {
+    state: &'c Arc<State>,
+    rules: &'c Arc<RuleSet>,
+    task_index: usize,
+    task: &'c Task,
 }
 
 /// The answer and what to count for it.
@@ -72,30 +89,25 @@ struct Answer<'t> {
 }
 
 async fn serve(
-    state: &State,
-    task: &Task,
+    call: &Call<'_>,
     req: Request<Incoming>,
     upstream_time: &mut Duration,
 ) -> Response<Body> {
+    let task = call.task;
     let (parts, body) = req.into_parts();
     let chosen = route::choose_variant(&task.rollout, &parts.headers);
     // Compile guarantees every task at least one variant; stay panic-free regardless.
     let Some(chosen_variant) = task.rollout.variants.get(chosen) else {
         return ProxyError::NoRoute.to_response(Some(&task.name));
     };
-    let answer = match run(
-        state,
-        task,
-        chosen,
-        chosen_variant,
-        &parts,
-        body,
-        upstream_time,
-    )
-    .await
-    {
+    let answer = match run(call, chosen, chosen_variant, &parts, body, upstream_time).await {
         Ok(answer) => answer,
         Err((variant, e)) => {
+            if e.fault() != Fault::Downstream
+                && let Some(guard) = &variant.guard
+            {
+                guard.record(false, true);
+            }
             let outcome = match e {
                 ProxyError::UpstreamTimeout(_) => Outcome::Timeout,
                 ProxyError::Upstream(_) => Outcome::UpstreamError,
@@ -119,20 +131,24 @@ async fn serve(
         }
     };
     answer.variant.metrics.outcome(answer.outcome).increment(1);
+    if let Some(guard) = &answer.variant.guard {
+        let escalated = matches!(answer.outcome, Outcome::Held | Outcome::Flagged);
+        guard.record(escalated, answer.outcome == Outcome::UpstreamError);
+    }
     answer.response
 }
 
 type Failed<'t> = (&'t Variant, ProxyError);
 
 async fn run<'t>(
-    state: &State,
-    task: &'t Task,
+    call: &Call<'t>,
     chosen: usize,
     chosen_variant: &'t Variant,
     parts: &request::Parts,
     body: Incoming,
     upstream_time: &mut Duration,
 ) -> Result<Answer<'t>, Failed<'t>> {
+    let (state, task) = (call.state, call.task);
     let variants = &task.rollout.variants;
 
     // Read the body, capped.
@@ -147,6 +163,7 @@ async fn run<'t>(
     if pinned.overridden {
         variant.metrics.overrides.increment(1);
     }
+    shadow::mirror(state, call.rules, call.task_index, parts, &body);
 
     // Forward.
     let sent = Instant::now();
@@ -169,64 +186,11 @@ async fn run<'t>(
         });
     }
 
-    // Observe: one pass over the body for every field the task reads.
-    let found = if task.probe.is_empty() {
-        None
-    } else {
-        task.probe.run(&resp.body).ok()
-    };
-    let found = found.as_deref();
-    let slot = |s: Option<usize>| s.and_then(|s| found?.get(s));
-    let refusal = slot(task.slots.refusal)
-        .and_then(Found::as_str)
-        .is_some_and(|s| !s.is_empty())
-        || slot(task.slots.finish_reason).and_then(Found::as_str) == Some("content_filter");
-    let reported = match &task.model.response {
-        Some(ReportedVersion::Field(s)) => slot(Some(*s)).and_then(Found::as_str),
-        Some(ReportedVersion::Header(h)) => resp.headers.get(h).and_then(|v| v.to_str().ok()),
-        None => None,
-    };
-    let version_mismatch = task.model.response.is_some()
-        && variant
-            .version
-            .as_deref()
-            .is_some_and(|pinned| reported != Some(pinned));
-    let confidence = confidence::extract(&task.extractor, found, &resp.headers);
-    match confidence {
-        Ok(c) => variant.metrics.confidence.record(c),
-        Err(missing) => {
-            tracing::debug!(task = %task.name, variant = %variant.name, missing = missing.as_str(), "no usable confidence")
-        }
-    }
-    let tokens = |s| {
-        slot(s)
-            .and_then(Found::as_f64)
-            .filter(|n| *n >= 0.0)
-            .map_or(0, |n| n as u64)
-    };
-    let (prompt, completion) = (
-        tokens(task.slots.prompt_tokens),
-        tokens(task.slots.completion_tokens),
-    );
-    if prompt + completion > 0 {
-        variant.metrics.prompt_tokens.increment(prompt);
-        variant.metrics.completion_tokens.increment(completion);
-        variant
-            .metrics
-            .cost
-            .increment(variant.cost.price(prompt, completion));
-    }
-
-    // Decide.
-    let decision = decide::decide(
-        &variant.policy,
-        &Observation {
-            refusal,
-            version_mismatch,
-            confidence,
-        },
-        fastrand::f64(),
-    );
+    // Observe and decide.
+    let observed = observe::observe(task, variant, &resp);
+    let decision = decide::decide(&variant.policy, &observed.observation(), fastrand::f64());
+    let reported = observed.reported.as_deref();
+    let confidence = observed.confidence;
     let confidence = confidence.ok();
     let model_version = reported
         .or(variant.version.as_deref())

@@ -10,17 +10,18 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::rules::compile::BUCKETS;
 use crate::rules::{Matcher, Rollout, RuleSet, Task};
 
-/// The first task whose matcher accepts the request.
+/// The first task whose matcher accepts the request, with its index.
 pub fn match_task<'r>(
     rules: &'r RuleSet,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
-) -> Option<&'r Task> {
+) -> Option<(usize, &'r Task)> {
     rules
         .tasks
         .iter()
-        .find(|t| matches(&t.matcher, method, path, headers))
+        .enumerate()
+        .find(|(_, t)| matches(&t.matcher, method, path, headers))
 }
 
 pub fn matches(m: &Matcher, method: &Method, path: &str, headers: &HeaderMap) -> bool {
@@ -49,7 +50,8 @@ pub fn variant_for_bucket(rollout: &Rollout, bucket: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// Choose a variant: sticky by the configured header, else uniformly at random.
+/// Choose a variant: sticky by the configured header, else uniformly at random. A variant
+/// halted by its guardrail on this replica sends its users to the first variant.
 pub fn choose_variant(rollout: &Rollout, headers: &HeaderMap) -> usize {
     let key = rollout
         .sticky_header
@@ -60,7 +62,13 @@ pub fn choose_variant(rollout: &Rollout, headers: &HeaderMap) -> usize {
         Some(key) => bucket(&rollout.salt, key),
         None => fastrand::u32(0..BUCKETS),
     };
-    variant_for_bucket(rollout, b)
+    let chosen = variant_for_bucket(rollout, b);
+    let halted = rollout
+        .variants
+        .get(chosen)
+        .and_then(|v| v.guard.as_ref())
+        .is_some_and(|g| g.halted());
+    if halted { 0 } else { chosen }
 }
 
 #[cfg(test)]
@@ -69,10 +77,13 @@ mod tests {
     use crate::rules::compile::{SourceFile, compile};
 
     fn rules(yaml: &str) -> RuleSet {
-        compile(&[SourceFile {
-            name: "t.yaml".into(),
-            text: yaml.into(),
-        }])
+        compile(
+            &[SourceFile {
+                name: "t.yaml".into(),
+                text: yaml.into(),
+            }],
+            None,
+        )
         .unwrap()
     }
 
@@ -102,7 +113,7 @@ tasks:
         let r = rules(RULES);
         let mut h = HeaderMap::new();
         let name = |m: &Method, p: &str, h: &HeaderMap| {
-            match_task(&r, m, p, h).map(|t| t.name.to_string())
+            match_task(&r, m, p, h).map(|(_, t)| t.name.to_string())
         };
         assert_eq!(
             name(&Method::POST, "/v1/chat/completions", &h),

@@ -78,6 +78,9 @@ pub struct ServeArgs {
     /// Concurrent requests in flight; beyond it requests get a fast 503 `overloaded`.
     #[arg(long, env = "TRIAGE_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// Shadow copies in flight; beyond it copies are skipped (`triage_shadow_dropped_total`).
+    #[arg(long, env = "TRIAGE_MAX_SHADOW_IN_FLIGHT", default_value_t = 256)]
+    pub max_shadow_in_flight: usize,
     /// Deadline for a review publish and its broker confirm.
     #[arg(long, env = "TRIAGE_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,

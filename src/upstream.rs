@@ -176,6 +176,15 @@ pub struct Pinned {
 /// Also adds `"logprobs": true` when the task asks for it. Leaves the body untouched when
 /// the task rewrites nothing.
 pub fn pin_request(task: &Task, chosen: usize, body: Bytes) -> Result<Pinned, ProxyError> {
+    pin(task, chosen, body, false)
+}
+
+/// Pin to the given variant whatever allowed version the request names (shadow copies).
+pub fn pin_to(task: &Task, variant: usize, body: Bytes) -> Result<Bytes, ProxyError> {
+    pin(task, variant, body, true).map(|p| p.body)
+}
+
+fn pin(task: &Task, chosen: usize, body: Bytes, force: bool) -> Result<Pinned, ProxyError> {
     let field = task.model.request_field.as_deref();
     if field.is_none() && !task.request_logprobs {
         return Ok(Pinned {
@@ -201,10 +210,12 @@ pub fn pin_request(task: &Task, chosen: usize, body: Bytes) -> Result<Pinned, Pr
         let rewrite = match requested {
             None => true,
             Some(name) if task.model.aliases.iter().any(|a| a == name) => true,
+            // A shadow's version is not servable: only live variants can be named.
             Some(name) => match variants
                 .iter()
-                .position(|v| v.version.as_deref() == Some(name))
+                .position(|v| v.shadow.is_none() && v.version.as_deref() == Some(name))
             {
+                Some(_) if force => true,
                 Some(i) => {
                     overridden = i != chosen;
                     variant = i;

@@ -15,6 +15,8 @@ use super::{
 };
 use crate::confidence::Extractor;
 use crate::decide::Policy;
+use crate::guard::{Guard, GuardConfig};
+
 use crate::metrics::{TaskMetrics, VariantMetrics};
 use crate::probe::{Kind, Probe, Step, parse_pointer};
 
@@ -72,8 +74,12 @@ impl Errors<'_> {
     }
 }
 
-/// Compile the given files (already read) into a rule set.
-pub fn compile(files: &[SourceFile]) -> Result<RuleSet, Vec<RuleError>> {
+/// Compile the given files (already read) into a rule set. `previous` is the running rule
+/// set, whose per-variant guard state is kept where a variant is unchanged.
+pub fn compile(
+    files: &[SourceFile],
+    previous: Option<&RuleSet>,
+) -> Result<RuleSet, Vec<RuleError>> {
     let mut errors = Vec::new();
     let mut upstreams: BTreeMap<String, (String, RawUpstream)> = BTreeMap::new();
     let mut tasks: Vec<(String, RawTask)> = Vec::new();
@@ -170,7 +176,8 @@ pub fn compile(files: &[SourceFile]) -> Result<RuleSet, Vec<RuleError>> {
         }
         // Upstreams that failed to compile were reported already; don't report them twice.
         let known = |n: &str| upstreams.contains_key(n);
-        if let Some(task) = compile_task(raw, &compiled_upstreams, &known, &mut err) {
+        let previous = previous.and_then(|p| p.tasks.iter().find(|t| *t.name == raw.name));
+        if let Some(task) = compile_task(raw, &compiled_upstreams, &known, previous, &mut err) {
             compiled.push(task);
         }
     }
@@ -320,6 +327,7 @@ fn compile_task(
     raw: &RawTask,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     known: &dyn Fn(&str) -> bool,
+    previous: Option<&Task>,
     err: &mut Errors,
 ) -> Option<Task> {
     let errors_before = err.out.len();
@@ -527,6 +535,8 @@ fn compile_task(
                     policy,
                     cost: task_cost,
                     metrics: VariantMetrics::new(&raw.name, "default"),
+                    shadow: None,
+                    guard: None,
                 }],
                 None => Vec::new(),
             }
@@ -538,6 +548,7 @@ fn compile_task(
             task_cost,
             task_upstream.as_ref(),
             &upstream,
+            previous,
             err,
         ),
     };
@@ -617,6 +628,7 @@ fn compile_variants(
     task_cost: Cost,
     task_upstream: Option<&Arc<Upstream>>,
     upstream: &UpstreamLookup,
+    previous: Option<&Task>,
     err: &mut Errors,
 ) -> Vec<Variant> {
     if rollout.variants.is_empty() {
@@ -685,6 +697,83 @@ fn compile_variants(
             Some(c) => cost(Some(c), &format!("{key}.cost"), err),
             None => task_cost,
         };
+        let shadow = if v.shadow {
+            if bp != 0 {
+                err.push(
+                    format!("{key}.weight"),
+                    "a shadow variant serves nobody: its weight must be 0",
+                );
+            }
+            if i == 0 {
+                err.push(
+                    format!("{key}.shadow"),
+                    "the first variant is the fallback; it cannot be a shadow",
+                );
+            }
+            let rate = v.shadow_rate.unwrap_or(1.0);
+            unit_interval(rate, &format!("{key}.shadow_rate"), err);
+            Some(rate)
+        } else {
+            if v.shadow_rate.is_some() {
+                err.push(format!("{key}.shadow_rate"), "only for shadow variants");
+            }
+            None
+        };
+        let guard_config = v.guard.map(|g| {
+            if i == 0 {
+                err.push(
+                    format!("{key}.guard"),
+                    "the first variant is the fallback; it cannot be halted",
+                );
+            }
+            for (value, k) in [
+                (g.max_escalation_rate, "max_escalation_rate"),
+                (g.max_error_rate, "max_error_rate"),
+            ] {
+                if let Some(value) = value {
+                    unit_interval(value, &format!("{key}.guard.{k}"), err);
+                }
+            }
+            if g.max_escalation_rate.is_none() && g.max_error_rate.is_none() {
+                err.push(
+                    format!("{key}.guard"),
+                    "set max_escalation_rate, max_error_rate or both",
+                );
+            }
+            if g.window_s == 0 {
+                err.push(format!("{key}.guard.window_s"), "must be greater than 0");
+            }
+            GuardConfig {
+                max_escalation_rate: g.max_escalation_rate,
+                max_error_rate: g.max_error_rate,
+                min_requests: g.min_requests,
+                window: Duration::from_secs(g.window_s),
+            }
+        });
+        // A reload that keeps this variant's weight and guard keeps its state (and halt);
+        // a changed weight starts afresh, which is how ops clear a halt.
+        let guard = guard_config.map(|config| {
+            let kept = previous.and_then(|p| {
+                let mut start = 0;
+                p.rollout.variants.iter().find_map(|pv| {
+                    let weight = pv.buckets(start);
+                    start = pv.bucket_end;
+                    (pv.name.as_ref() == v.name && weight == bp)
+                        .then_some(pv.guard.as_ref())
+                        .flatten()
+                        .filter(|g| g.config == config)
+                        .cloned()
+                })
+            });
+            kept.unwrap_or_else(|| {
+                Arc::new(Guard::new(
+                    &raw.name,
+                    &v.name,
+                    config,
+                    crate::metrics::rollout_halted(&raw.name, &v.name),
+                ))
+            })
+        });
         if let Some(up) = up {
             out.push(Variant {
                 name: v.name.as_str().into(),
@@ -697,6 +786,8 @@ fn compile_variants(
                 },
                 cost,
                 metrics: VariantMetrics::new(&raw.name, &v.name),
+                shadow,
+                guard,
             });
         }
     }

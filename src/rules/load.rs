@@ -60,7 +60,7 @@ pub fn read(path: &Path) -> Result<Vec<SourceFile>, Vec<RuleError>> {
 
 /// Read and compile.
 pub fn load(path: &Path) -> Result<RuleSet, Vec<RuleError>> {
-    compile(&read(path)?)
+    compile(&read(path)?, None)
 }
 
 #[cfg(test)]

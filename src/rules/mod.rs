@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::confidence::Extractor;
+use crate::guard::Guard;
+
 use crate::decide::Policy;
 use crate::metrics::{TaskMetrics, VariantMetrics};
 use crate::probe::Probe;
@@ -109,6 +111,22 @@ pub struct Variant {
     pub policy: Policy,
     pub cost: Cost,
     pub metrics: VariantMetrics,
+    /// Share of requests copied to this variant when it is a shadow; `None` for live ones.
+    pub shadow: Option<f64>,
+    pub guard: Option<Arc<Guard>>,
+}
+
+impl Variant {
+    /// Its weight in buckets (hundredths of a percent).
+    pub fn buckets(&self, previous_end: u32) -> u32 {
+        self.bucket_end - previous_end
+    }
+}
+
+impl Task {
+    pub fn paused(&self) -> bool {
+        self.rollout.variants.iter().any(|v| v.policy.paused)
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

@@ -197,4 +197,32 @@ pub struct RawVariant {
     pub threshold: Option<f64>,
     #[serde(default)]
     pub cost: Option<RawCost>,
+    /// A candidate that serves nobody: it receives a copy of `shadow_rate` of the requests.
+    #[serde(default)]
+    pub shadow: bool,
+    #[serde(default)]
+    pub shadow_rate: Option<f64>,
+    #[serde(default)]
+    pub guard: Option<RawGuard>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    #[serde(default)]
+    pub max_escalation_rate: Option<f64>,
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    #[serde(default = "default_window_s")]
+    pub window_s: u64,
+}
+
+fn default_min_requests() -> u64 {
+    200
+}
+
+fn default_window_s() -> u64 {
+    600
 }

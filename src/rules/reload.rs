@@ -74,14 +74,14 @@ impl Reloader {
     async fn attempt(&self, trigger: &'static str, record: bool) -> Result<Reloaded, Vec<String>> {
         let _serial = self.serial.lock().await;
         let path = self.path.clone();
-        let current = self.rules.load().hash.clone();
+        let current = self.rules.load_full();
         let attempt = tokio::task::spawn_blocking(move || {
             let files = load::read(&path)?;
             let hash = hash_sources(&files);
-            if hash == current {
+            if hash == current.hash {
                 return Ok(None);
             }
-            compile(&files).map(Some)
+            compile(&files, Some(&current)).map(Some)
         })
         .await;
         let result = match attempt {
@@ -100,7 +100,7 @@ impl Reloader {
                 let paused: Vec<&str> = rules
                     .tasks
                     .iter()
-                    .filter(|t| t.rollout.variants.iter().any(|v| v.policy.paused))
+                    .filter(|t| t.paused())
                     .map(|t| &*t.name)
                     .collect();
                 tracing::info!(trigger, %hash, tasks = rules.tasks.len(), ?paused, "rules reloaded");
