@@ -97,15 +97,15 @@ impl Guard {
         }
         if !self.halted() {
             let w = self.window_at(epoch);
-            if let Some(why) = breach(&self.config, &w) {
-                if !self.halted.swap(true, Ordering::Relaxed) {
-                    self.gauge.set(1.0);
-                    tracing::warn!(
-                        task = %self.task, variant = %self.variant, requests = w.requests,
-                        escalations = w.escalations, errors = w.errors, why,
-                        "rollout halted: this replica routes the variant's users to the first variant"
-                    );
-                }
+            if let Some(why) = breach(&self.config, &w)
+                && !self.halted.swap(true, Ordering::Relaxed)
+            {
+                self.gauge.set(1.0);
+                tracing::warn!(
+                    task = %self.task, variant = %self.variant, requests = w.requests,
+                    escalations = w.escalations, errors = w.errors, why,
+                    "rollout halted: this replica routes the variant's users to the first variant"
+                );
             }
         }
     }

@@ -544,9 +544,11 @@ fn compile_task(
         (Some(r), None) => compile_variants(
             raw,
             r,
-            &policy,
-            task_cost,
-            task_upstream.as_ref(),
+            TaskDefaults {
+                policy: &policy,
+                cost: task_cost,
+                upstream: task_upstream.as_ref(),
+            },
             &upstream,
             previous,
             err,
@@ -621,16 +623,27 @@ fn compile_task(
     })
 }
 
+/// What a variant inherits from its task.
+#[derive(Clone, Copy)]
+struct TaskDefaults<'a> {
+    policy: &'a Policy,
+    cost: Cost,
+    upstream: Option<&'a Arc<Upstream>>,
+}
+
 fn compile_variants(
     raw: &RawTask,
     rollout: &raw::RawRollout,
-    policy: &Policy,
-    task_cost: Cost,
-    task_upstream: Option<&Arc<Upstream>>,
+    defaults: TaskDefaults<'_>,
     upstream: &UpstreamLookup,
     previous: Option<&Task>,
     err: &mut Errors,
 ) -> Vec<Variant> {
+    let TaskDefaults {
+        policy,
+        cost: task_cost,
+        upstream: task_upstream,
+    } = defaults;
     if rollout.variants.is_empty() {
         err.push("rollout.variants", "needs at least one variant");
         return Vec::new();
