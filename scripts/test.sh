@@ -13,3 +13,6 @@ cargo clippy --locked --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --locked --all-targets
+
+echo "== deploy checks (Dockerfile, Kubernetes manifests)"
+scripts/check-deploy.sh

@@ -115,7 +115,11 @@ fn authorize(admin: &Admin, req: &Request<Incoming>) -> Result<(), Response<Body
 fn readyz(admin: &Admin) -> Response<Body> {
     let rules = admin.state.rules.load();
     let broker = admin.state.publisher.is_connected();
-    let status = if broker {
+    let draining = admin
+        .state
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let status = if broker && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -123,7 +127,8 @@ fn readyz(admin: &Admin) -> Response<Body> {
     json_response(
         status,
         json!({
-            "ready": broker,
+            "ready": broker && !draining,
+            "draining": draining,
             "rules": {"loaded": true, "hash": rules.hash, "tasks": rules.tasks.len()},
             "review_path": {"broker": broker},
         }),

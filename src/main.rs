@@ -183,6 +183,7 @@ async fn run(
         max_body_bytes: args.max_body_bytes,
         in_flight: tokio::sync::Semaphore::new(args.max_in_flight),
         shadow_slots: Arc::new(tokio::sync::Semaphore::new(args.max_shadow_in_flight)),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     let admin_state = Arc::new(admin::Admin {
         state: state.clone(),
@@ -211,7 +212,16 @@ async fn run(
     let _ = std::io::stdout().flush();
 
     wait_for_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
+    let drain = Duration::from_millis(args.drain_delay_ms);
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "SIGTERM: not ready; still serving while the endpoint is removed"
+    );
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(drain).await;
+    tracing::info!("closing the listeners; in-flight requests finish");
     let _ = shutdown_tx.send(true);
     let _ = data_task.await;
     let _ = admin_task.await;

@@ -44,6 +44,8 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Bounds concurrent requests; beyond it the answer is a fast 503 `overloaded`.
     pub in_flight: tokio::sync::Semaphore,
+    /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Bounds shadow copies in flight; beyond it copies are skipped (and counted).
     pub shadow_slots: Arc<tokio::sync::Semaphore>,
 }

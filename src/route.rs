@@ -141,6 +141,15 @@ tasks:
         assert_eq!(variant_for_bucket(rollout, 9999), 1);
     }
 
+    /// The worked example of the README's "Sticky assignment" section.
+    #[test]
+    fn readme_worked_example() {
+        let raw = xxhash_rust::xxh3::xxh3_64(b"invoice-extraction:user-42");
+        assert_eq!(raw, 9_059_042_385_636_543_747);
+        assert_eq!(bucket("invoice-extraction", b"user-42"), 3747);
+        assert_eq!(bucket("invoice-extraction", b"alice@example.com"), 7989);
+    }
+
     #[test]
     fn bucket_is_xxh3_of_salt_colon_key() {
         let direct = xxhash_rust::xxh3::xxh3_64(b"invoice-extraction:user-42") % 10_000;

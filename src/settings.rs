@@ -91,6 +91,10 @@ pub struct ServeArgs {
         default_value_t = 2_000
     )]
     pub upstream_connect_timeout_ms: u64,
+    /// After SIGTERM, keep accepting requests this long with `/readyz` at 503, so that
+    /// Kubernetes removes the endpoint before the listener closes.
+    #[arg(long, env = "TRIAGE_DRAIN_DELAY_MS", default_value_t = 5_000)]
+    pub drain_delay_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "TRIAGE_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     pub shutdown_timeout_ms: u64,
