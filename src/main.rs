@@ -21,6 +21,7 @@ mod server;
 mod settings;
 mod shadow;
 mod upstream;
+mod verdicts;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -173,6 +174,14 @@ async fn run(
         reloader.clone(),
         Duration::from_millis(args.rules_poll_interval_ms),
     );
+    verdicts::start(
+        verdicts::VerdictConfig {
+            url: args.amqp_url.clone(),
+            exchange: args.verdict_exchange.clone(),
+            queue: args.verdict_queue.clone(),
+        },
+        rules.clone(),
+    );
     let state = Arc::new(proxy::State {
         rules,
         upstream: upstream::UpstreamClient::new(
@@ -184,6 +193,7 @@ async fn run(
         in_flight: tokio::sync::Semaphore::new(args.max_in_flight),
         shadow_slots: Arc::new(tokio::sync::Semaphore::new(args.max_shadow_in_flight)),
         draining: std::sync::atomic::AtomicBool::new(false),
+        access_log: args.access_log,
     });
     let admin_state = Arc::new(admin::Admin {
         state: state.clone(),

@@ -46,6 +46,12 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
             ],
         )?
         .set_buckets_for_metric(
+            Matcher::Full(VERDICT_LATENCY.into()),
+            &[
+                60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
+            ],
+        )?
+        .set_buckets_for_metric(
             Matcher::Full(OVERHEAD.into()),
             &[
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
@@ -112,6 +118,14 @@ fn describe() {
     describe_gauge!(RULES_INFO, "1 for the hash of the active rules.");
     describe_gauge!(BUILD_INFO, "1, labelled with the triage version.");
     describe_counter!(UNROUTED, "Requests that matched no task (404 no_route).");
+    describe_histogram!(
+        VERDICT_LATENCY,
+        "Time from a review item's creation to its verdict."
+    );
+    describe_counter!(
+        VERDICTS_MALFORMED,
+        "Verdict messages dead-lettered as malformed."
+    );
     describe_gauge!(
         ROLLOUT_HALTED,
         "1 while a guardrail stops live traffic to the variant on this replica."
@@ -229,4 +243,26 @@ pub fn rollout_halted(task: &str, variant: &str) -> Gauge {
 /// A shadow copy skipped because too many were in flight.
 pub fn shadow_dropped() {
     counter!(SHADOW_DROPPED).increment(1);
+}
+
+pub const VERDICT_LATENCY: &str = "triage_verdict_latency_seconds";
+pub const VERDICTS_MALFORMED: &str = "triage_verdicts_malformed_total";
+
+/// One reviewer verdict, counted once.
+pub fn verdict(
+    task: &str,
+    variant: &str,
+    reason: &'static str,
+    verdict: &'static str,
+    latency: Option<f64>,
+) {
+    counter!(VERDICTS, "task" => task.to_owned(), "variant" => variant.to_owned(), "reason" => reason, "verdict" => verdict)
+        .increment(1);
+    if let Some(seconds) = latency {
+        histogram!(VERDICT_LATENCY, "task" => task.to_owned()).record(seconds);
+    }
+}
+
+pub fn verdict_malformed() {
+    counter!(VERDICTS_MALFORMED).increment(1);
 }

@@ -44,6 +44,7 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Bounds concurrent requests; beyond it the answer is a fast 503 `overloaded`.
     pub in_flight: tokio::sync::Semaphore,
+    pub access_log: AccessLog,
     /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
     pub draining: std::sync::atomic::AtomicBool,
     /// Bounds shadow copies in flight; beyond it copies are skipped (and counted).
@@ -69,9 +70,20 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         task_index,
         task,
     };
+    let trace = (state.access_log != AccessLog::Off).then(|| request_trace_id(req.headers()));
     let response = serve(&call, req, &mut upstream_time).await;
     let overhead = started.elapsed().saturating_sub(upstream_time);
     task.metrics.overhead.record(overhead.as_secs_f64());
+    if let Some(trace) = trace {
+        access_log(
+            state.access_log,
+            task,
+            &response,
+            trace.as_deref(),
+            upstream_time,
+            overhead,
+        );
+    }
     response
 }
 
@@ -318,14 +330,54 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
 /// The trace id for review items: W3C `traceparent`'s trace id, else `x-request-id`, else
 /// the review id.
 fn trace_id(headers: &HeaderMap, review_id: &str) -> String {
+    request_trace_id(headers).unwrap_or_else(|| review_id.to_owned())
+}
+
+fn request_trace_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(|tp| tp.split('-').nth(1))
         .filter(|id| id.len() == 32)
         .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
-        .unwrap_or(review_id)
-        .to_owned()
+        .map(str::to_owned)
+}
+
+/// Where the one-line-per-request log goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLog {
+    Off,
+    Debug,
+    Info,
+}
+
+/// One structured line per request, read off the answer's own `x-triage-*` headers.
+/// Never a prompt or an output.
+fn access_log(
+    level: AccessLog,
+    task: &Task,
+    response: &Response<Body>,
+    trace_id: Option<&str>,
+    upstream: Duration,
+    overhead: Duration,
+) {
+    let h = |name: &HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let (variant, decision, review_id) = (h(&X_VARIANT), h(&X_DECISION), h(&X_REVIEW_ID));
+    let confidence = h(&X_CONFIDENCE).and_then(|c| c.parse::<f64>().ok());
+    let status = response.status().as_u16();
+    let upstream_ms = upstream.as_secs_f64() * 1e3;
+    let overhead_ms = overhead.as_secs_f64() * 1e3;
+    macro_rules! line {
+        ($level:expr) => {
+            tracing::event!(target: "triage::access", $level, task = %task.name, variant, decision, status,
+                confidence, review_id, trace_id, upstream_ms, overhead_ms, "request")
+        };
+    }
+    match level {
+        AccessLog::Off => {}
+        AccessLog::Debug => line!(tracing::Level::DEBUG),
+        AccessLog::Info => line!(tracing::Level::INFO),
+    }
 }
 
 fn tag(headers: &mut HeaderMap, task: &Task, variant: &Variant, decision: &'static str) {

@@ -229,6 +229,16 @@ impl Names {
         }
     }
 
+    /// The same names again (each copy deletes them when dropped; deleting twice is fine).
+    pub fn same(&self) -> Names {
+        Names {
+            review_exchange: self.review_exchange.clone(),
+            review_queue: self.review_queue.clone(),
+            verdict_exchange: self.verdict_exchange.clone(),
+            verdict_queue: self.verdict_queue.clone(),
+        }
+    }
+
     pub fn args(&self) -> Vec<String> {
         vec![
             "--review-exchange".into(),
@@ -384,12 +394,22 @@ impl Triage {
         t
     }
 
+    /// Start on the exchanges and queues of another instance (a second replica, a restart).
+    pub async fn start_with_names(rules: &str, names: &Names) -> Triage {
+        let t = Self::spawn_named(rules, &[], &[], names.same()).await;
+        t.wait_ready().await;
+        t
+    }
+
     /// Start without waiting for readiness.
     pub async fn spawn(rules: &str, args: &[&str], env: &[(&str, &str)]) -> Triage {
+        Self::spawn_named(rules, args, env, Names::unique()).await
+    }
+
+    async fn spawn_named(rules: &str, args: &[&str], env: &[(&str, &str)], names: Names) -> Triage {
         let dir = tempfile::tempdir().unwrap();
         let rules_path = dir.path().join("rules.yaml");
         std::fs::write(&rules_path, rules).unwrap();
-        let names = Names::unique();
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(bin());
