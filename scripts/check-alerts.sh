@@ -159,6 +159,10 @@ for p in panels(dash.get("panels", [])):
             errors.append(f"{where}: unknown variable in {expr!r}")
         exprs.append(e)
 
+for a in dash.get("annotations", {}).get("list", []):
+    if a.get("expr"):
+        exprs.append(a["expr"])
+
 for e in errors:
     print(f"{path}: {e}", file=sys.stderr)
 rules = [{"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(exprs)]
@@ -169,7 +173,7 @@ sys.exit(1 if errors else 0)
 PY
     promtool check rules "$tmp/dashboard-rules.json" >"$tmp/dash.log" 2>&1 || {
         cat "$tmp/dash.log" >&2
-        fail "$dashboard: a query does not parse (rule N is the Nth target, from 0)"
+        fail "$dashboard: a query does not parse (dashboard:queryN is the Nth target, from 0, then annotations)"
     }
 done
 

@@ -16,3 +16,6 @@ cargo test --locked --all-targets
 
 echo "== deploy checks (Dockerfile, Kubernetes manifests)"
 scripts/check-deploy.sh
+
+echo "== alert rules and dashboard (promtool)"
+scripts/check-alerts.sh

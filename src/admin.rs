@@ -115,11 +115,14 @@ fn authorize(admin: &Admin, req: &Request<Incoming>) -> Result<(), Response<Body
 fn readyz(admin: &Admin) -> Response<Body> {
     let rules = admin.state.rules.load();
     let broker = admin.state.publisher.is_connected();
+    let spool = admin.state.spool.as_deref();
+    let spool_ok = spool.is_some_and(|s| s.available());
+    let durable = broker || spool_ok;
     let draining = admin
         .state
         .draining
         .load(std::sync::atomic::Ordering::Relaxed);
-    let status = if broker && !draining {
+    let status = if durable && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -127,10 +130,19 @@ fn readyz(admin: &Admin) -> Response<Body> {
     json_response(
         status,
         json!({
-            "ready": broker && !draining,
+            "ready": durable && !draining,
             "draining": draining,
             "rules": {"loaded": true, "hash": rules.hash, "tasks": rules.tasks.len()},
-            "review_path": {"broker": broker},
+            "review_path": {
+                "durable": durable,
+                "broker": broker,
+                "spool": {
+                    "open": spool.is_some(),
+                    "writable": spool.is_some_and(|s| s.healthy()),
+                    "available": spool_ok,
+                    "items": spool.map_or(0, |s| s.items()),
+                },
+            },
         }),
     )
 }

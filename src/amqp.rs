@@ -20,6 +20,8 @@ use lapin::{
 };
 use tokio::sync::Notify;
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
     pub url: String,
@@ -48,11 +50,15 @@ pub enum PublishError {
 struct Link {
     connection: Connection,
     channel: Channel,
+    /// Set when a publish timed out or came back unroutable: reconnect and redeclare.
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
     fn healthy(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
+        !self.poisoned.load(std::sync::atomic::Ordering::Relaxed)
+            && self.connection.status().connected()
+            && self.channel.status().connected()
     }
 }
 
@@ -115,6 +121,18 @@ impl Publisher {
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
         };
+        // A blackholed broker answers nothing for a long time: after a confirm timeout,
+        // drop the link so the next holds go to the spool at once instead of each waiting.
+        // An unroutable message means our topology is gone: reconnect and declare it again.
+        if matches!(
+            result,
+            Err(PublishError::Timeout(_) | PublishError::Returned(_))
+        ) {
+            link.poisoned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.link
+                .compare_and_swap(&Some(link.clone()), None::<Arc<Link>>);
+        }
         if result.is_err() && !link.healthy() {
             self.broken.notify_one();
         }
@@ -177,7 +195,15 @@ async fn supervise(publisher: Arc<Publisher>, config: AmqpConfig) {
 
 async fn connect(config: &AmqpConfig) -> Result<Link, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name("triage".into());
-    let connection = Connection::connect(&config.url, props).await?;
+    // A blackholed broker never answers the handshake: bound it ourselves.
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&config.url, props))
+        .await
+        .map_err(|_| {
+            lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))))
+        })??;
     let channel = connection.create_channel().await?;
     let channel = match declare_topology(&channel, config).await {
         Ok(()) => channel,
@@ -206,6 +232,7 @@ async fn connect(config: &AmqpConfig) -> Result<Link, lapin::Error> {
     Ok(Link {
         connection,
         channel,
+        poisoned: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

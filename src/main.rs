@@ -20,6 +20,7 @@ mod rules;
 mod server;
 mod settings;
 mod shadow;
+mod spool;
 mod upstream;
 mod verdicts;
 
@@ -182,7 +183,20 @@ async fn run(
         },
         rules.clone(),
     );
+    let spool = match spool::Spool::open(&args.spool_dir, args.spool_max_bytes) {
+        Ok(spool) => {
+            tracing::info!(dir = %args.spool_dir.display(), items = spool.items(), "spool open");
+            spool::start_replay(spool.clone(), publisher.clone());
+            Some(spool)
+        }
+        Err(e) => {
+            tracing::error!(dir = %args.spool_dir.display(), error = %e, "cannot open the spool; holds need the broker");
+            crate::metrics::spool_error();
+            None
+        }
+    };
     let state = Arc::new(proxy::State {
+        spool,
         rules,
         upstream: upstream::UpstreamClient::new(
             Duration::from_millis(args.upstream_connect_timeout_ms),

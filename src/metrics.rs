@@ -68,6 +68,8 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         counter!(RULES_RELOADS, "result" => result).absolute(0);
     }
     gauge!(SPOOL_ITEMS).set(0.0);
+    counter!(VERDICTS_MALFORMED).absolute(0);
+    counter!(SPOOL_ERRORS).absolute(0);
     Ok(handle)
 }
 
@@ -118,6 +120,7 @@ fn describe() {
     describe_gauge!(RULES_INFO, "1 for the hash of the active rules.");
     describe_gauge!(BUILD_INFO, "1, labelled with the triage version.");
     describe_counter!(UNROUTED, "Requests that matched no task (404 no_route).");
+    describe_counter!(SPOOL_ERRORS, "Spool writes that failed (disk errors).");
     describe_histogram!(
         VERDICT_LATENCY,
         "Time from a review item's creation to its verdict."
@@ -162,6 +165,14 @@ impl VariantMetrics {
             c.absolute(0);
             c
         };
+        // Verdict series exist at zero from the start, so Prometheus sees their first count.
+        for reason in Reason::ALL {
+            for verdict in ["approved", "corrected", "rejected"] {
+                let mut l = labels_with(&labels, "reason", reason.as_str()).to_vec();
+                l.push(("verdict", verdict.to_owned()));
+                counter!(VERDICTS, &l).absolute(0);
+            }
+        }
         VariantMetrics {
             outcomes: Outcome::ALL.map(outcome),
             escalations: Reason::ALL.map(escalation),
@@ -265,4 +276,14 @@ pub fn verdict(
 
 pub fn verdict_malformed() {
     counter!(VERDICTS_MALFORMED).increment(1);
+}
+
+pub const SPOOL_ERRORS: &str = "triage_spool_errors_total";
+
+pub fn spool_items(n: u64) {
+    gauge!(SPOOL_ITEMS).set(n as f64);
+}
+
+pub fn spool_error() {
+    counter!(SPOOL_ERRORS).increment(1);
 }

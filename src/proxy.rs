@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::amqp::Publisher;
@@ -24,6 +24,7 @@ use crate::review::{self, Disposition, ReviewInput};
 use crate::route;
 use crate::rules::{RuleSet, Task, Variant};
 use crate::shadow;
+use crate::spool::{Item, Spool};
 use crate::upstream::{self, UpstreamClient, UpstreamResponse};
 
 pub type Body = Full<Bytes>;
@@ -45,6 +46,8 @@ pub struct State {
     /// Bounds concurrent requests; beyond it the answer is a fast 503 `overloaded`.
     pub in_flight: tokio::sync::Semaphore,
     pub access_log: AccessLog,
+    /// The local spool for review items the broker cannot confirm (`None`: unusable).
+    pub spool: Option<Arc<Spool>>,
     /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
     pub draining: std::sync::atomic::AtomicBool,
     /// Bounds shadow copies in flight; beyond it copies are skipped (and counted).
@@ -260,10 +263,15 @@ async fn run<'t>(
 
     if disposition == Disposition::Released {
         // An audit sample never delays or fails the response it samples.
-        let publisher = state.publisher.clone();
+        let state = state.clone();
         let counter = variant.metrics.escalation(reason).clone();
+        let item = Item {
+            routing_key,
+            review_id,
+            payload,
+        };
         tokio::spawn(async move {
-            if review::publish(&publisher, &routing_key, &review_id, &payload)
+            if review::make_durable(&state.publisher, state.spool.as_deref(), item)
                 .await
                 .is_ok()
             {
@@ -285,11 +293,16 @@ async fn run<'t>(
         });
     }
 
-    if let Err(e) = review::publish(&state.publisher, &routing_key, &review_id, &payload).await {
-        return Err((variant, ProxyError::ReviewUnavailable(e.to_string())));
-    }
+    let item = Item {
+        routing_key,
+        review_id: review_id.clone(),
+        payload,
+    };
+    let durable = review::make_durable(&state.publisher, state.spool.as_deref(), item)
+        .await
+        .map_err(|e| (variant, ProxyError::ReviewUnavailable(e)))?;
     variant.metrics.escalation(reason).increment(1);
-    tracing::debug!(task = %task.name, variant = %variant.name, review_id, reason = reason.as_str(), "review item confirmed");
+    tracing::debug!(task = %task.name, variant = %variant.name, review_id, reason = reason.as_str(), ?durable, "review item durable");
 
     let response = match disposition {
         Disposition::Flagged => release(
@@ -310,21 +323,70 @@ async fn run<'t>(
     })
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+/// Read the request body into one buffer, capped at `limit`. An oversized body is drained
+/// (within bounds) before the 413 goes out: closing on unread bytes makes the kernel send a
+/// reset, and the client would lose the answer that explains it.
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(&mut body, declared.unwrap_or(0)).await;
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::BadRequestBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            drain(&mut body, declared.unwrap_or(0)).await;
+            return Err(ProxyError::BodyTooLarge { limit });
         }
-        Err(e) => Err(ProxyError::BadRequestBody(e.to_string())),
+        // The common case is one frame: keep it as it came, without a copy.
+        match &first {
+            None => first = Some(data),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.reserve(declared.map_or(0, |n| n as usize).max(len));
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    })
+}
+
+/// Read and discard what is left of a body, up to 64 MiB and 5 s.
+async fn drain(body: &mut Incoming, declared: u64) {
+    const MAX: u64 = 64 * 1024 * 1024;
+    if declared > MAX {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > MAX {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The trace id for review items: W3C `traceparent`'s trace id, else `x-request-id`, else

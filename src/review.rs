@@ -12,10 +12,11 @@ use http::request;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::amqp::{PublishError, Publisher};
+use crate::amqp::Publisher;
 use crate::decide::Reason;
 use crate::metrics;
 use crate::rules::{Task, Variant};
+use crate::spool::{Item, Spool};
 
 pub const SCHEMA: &str = "triage.review/v1";
 const REDACTED: &str = "[redacted]";
@@ -49,7 +50,7 @@ pub struct ReviewInput<'a> {
 }
 
 #[derive(Serialize)]
-struct Item<'a> {
+struct Message<'a> {
     schema: &'static str,
     review_id: &'a str,
     created_at: String,
@@ -97,7 +98,7 @@ pub fn encode(input: &ReviewInput<'_>) -> Vec<u8> {
             Some((name.as_str(), value))
         })
         .collect();
-    let item = Item {
+    let item = Message {
         schema: SCHEMA,
         review_id: input.review_id,
         created_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -148,22 +149,47 @@ pub fn routing_key(task: &str, reason: Reason) -> String {
     format!("{task}.{}", reason.as_str())
 }
 
-/// Publish and count the result. `Ok` means the broker confirmed the item.
-pub async fn publish(
+/// Where a review item became durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    Confirmed,
+    Spooled,
+}
+
+/// Make the item durable: the broker's confirm, else an fsync in the local spool (which
+/// replays it later). `Err` means neither: the caller must not release the output.
+pub async fn make_durable(
     publisher: &Publisher,
-    routing_key: &str,
-    review_id: &str,
-    payload: &[u8],
-) -> Result<(), PublishError> {
-    let result = publisher.publish(routing_key, review_id, payload).await;
-    match &result {
-        Ok(()) => metrics::review_published("confirmed"),
-        Err(e) => {
+    spool: Option<&Spool>,
+    item: Item,
+) -> Result<Durable, String> {
+    let published = publisher
+        .publish(&item.routing_key, &item.review_id, &item.payload)
+        .await;
+    let error = match published {
+        Ok(()) => {
+            metrics::review_published("confirmed");
+            return Ok(Durable::Confirmed);
+        }
+        Err(e) => e,
+    };
+    let spooled = match spool {
+        Some(spool) => spool.append(&item).await.map_err(|e| e.to_string()),
+        None => Err("no spool".to_owned()),
+    };
+    match spooled {
+        Ok(()) => {
+            metrics::review_published("spooled");
+            tracing::debug!(review_id = %item.review_id, publish_error = %error, "review item spooled");
+            Ok(Durable::Spooled)
+        }
+        Err(spool_error) => {
             metrics::review_published("failed");
-            tracing::warn!(review_id, routing_key, error = %e, "review publish failed");
+            tracing::warn!(review_id = %item.review_id, routing_key = %item.routing_key,
+                publish_error = %error, %spool_error, "review item could not be made durable");
+            Err(format!("broker: {error}; spool: {spool_error}"))
         }
     }
-    result
 }
 
 #[cfg(test)]

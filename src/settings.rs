@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Directory of the local review spool.
     #[arg(long, env = "TRIAGE_SPOOL_DIR", default_value = "./triage-spool")]
     pub spool_dir: PathBuf,
+    /// Largest total size of the spool; beyond it holds fail closed (503).
+    #[arg(long, env = "TRIAGE_SPOOL_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub spool_max_bytes: u64,
     /// File holding the admin bearer token (or set TRIAGE_ADMIN_TOKEN to the token itself).
     #[arg(long, env = "TRIAGE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
@@ -82,7 +85,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIAGE_MAX_SHADOW_IN_FLIGHT", default_value_t = 256)]
     pub max_shadow_in_flight: usize,
     /// Deadline for a review publish and its broker confirm.
-    #[arg(long, env = "TRIAGE_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "TRIAGE_PUBLISH_TIMEOUT_MS", default_value_t = 2_000)]
     pub publish_timeout_ms: u64,
     /// Upstream TCP connect timeout (the response timeout is per upstream, in the rules).
     #[arg(

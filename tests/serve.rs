@@ -689,7 +689,8 @@ async fn a_broker_that_refuses_the_publish_gives_503_never_202() {
         "version: 1\nupstreams: {{ llm: {{ url: \"{}\" }} }}\ntasks:\n  - {{ name: t, upstream: llm, confidence: {{ source: json_pointer, pointer: /confidence }}, threshold: 0.5 }}\n",
         up.url()
     );
-    let t = Triage::start(&rules).await;
+    // No usable spool: the broker is the only way to make a hold durable.
+    let t = Triage::start_with(&rules, &["--spool-dir", "/dev/null/spool"], &[]).await;
     let c = client();
     let broker = Broker::connect().await;
     let ch = broker.conn.create_channel().await.unwrap();

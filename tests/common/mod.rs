@@ -322,9 +322,13 @@ impl Broker {
 
     /// Take the next message from `queue`, waiting up to `wait`.
     pub async fn next(&self, queue: &str, wait: Duration) -> Option<Message> {
-        let ch = self.conn.create_channel().await.unwrap();
+        let mut ch = self.conn.create_channel().await.unwrap();
         let deadline = Instant::now() + wait;
         loop {
+            // A missing queue closes the channel (404): open another for the next try.
+            if !ch.status().connected() {
+                ch = self.conn.create_channel().await.unwrap();
+            }
             if let Ok(Some(m)) = ch
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await
@@ -417,9 +421,10 @@ impl Triage {
         if !args.contains(&"--rules") {
             cmd.arg("--rules").arg(&rules_path);
         }
+        if !args.contains(&"--spool-dir") {
+            cmd.arg("--spool-dir").arg(dir.path().join("spool"));
+        }
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--spool-dir")
-            .arg(dir.path().join("spool"))
             .args(names.args())
             .args(args)
             .env("TRIAGE_AMQP_URL", AMQP_URL)
@@ -457,12 +462,15 @@ impl Triage {
         }
     }
 
+    /// Ready, with the broker connected and the topology declared (not only the spool).
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await
                 && r.status() == 200
+                && let Ok(v) = r.json::<serde_json::Value>().await
+                && v["review_path"]["broker"] == true
             {
                 return;
             }
