@@ -4,25 +4,7 @@
 //! exit 64), starts the review path, serves the data and admin ports, and drains on
 //! SIGTERM. The request path lives in `proxy.rs`; see the README for the map.
 
-mod admin;
-mod amqp;
-mod confidence;
-mod decide;
-mod error;
-mod guard;
-mod metrics;
-mod observe;
-mod probe;
-mod proxy;
-mod review;
-mod route;
-mod rules;
-mod server;
-mod settings;
-mod shadow;
-mod spool;
-mod upstream;
-mod verdicts;
+use triage::{admin, amqp, metrics, proxy, rules, server, settings, spool, upstream, verdicts};
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -191,7 +173,7 @@ async fn run(
         }
         Err(e) => {
             tracing::error!(dir = %args.spool_dir.display(), error = %e, "cannot open the spool; holds need the broker");
-            crate::metrics::spool_error();
+            metrics::spool_error();
             None
         }
     };
