@@ -200,18 +200,28 @@ async fn run(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let grace = Duration::from_millis(args.shutdown_timeout_ms);
+    let limits = server::Limits {
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        max_headers: args.max_headers,
+        max_header_bytes: args.max_header_bytes,
+        grace,
+    };
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         move |req| admin::handle(admin_state.clone(), req),
         shutdown_rx.clone(),
-        Duration::from_secs(1),
+        server::Limits {
+            grace: Duration::from_secs(1),
+            ..limits
+        },
     ));
     let data_state = state.clone();
     let data_task = tokio::spawn(server::serve(
         data,
         move |req| proxy::handle(data_state.clone(), req),
         shutdown_rx,
-        grace,
+        limits,
     ));
 
     println!("listening data={data_addr} admin={admin_addr}");

@@ -18,11 +18,25 @@ use crate::proxy::Body;
 
 /// Serve `handler` on `listener` until `shutdown` turns true, then let open connections
 /// finish their in-flight requests for up to `grace`.
+/// Connection limits against slow and hostile clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept to the first byte, and from the first byte to the end of the headers.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    pub max_headers: usize,
+    /// Largest buffered request head (HTTP/1.1).
+    pub max_header_bytes: usize,
+    /// How long open connections may finish their in-flight requests after shutdown.
+    pub grace: Duration,
+}
+
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
+    limits: Limits,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -31,9 +45,16 @@ pub async fn serve<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -50,14 +71,24 @@ pub async fn serve<F, Fut>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let first_byte = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // hyper's header timer starts only once it reads a head; the h1/h2
+                    // sniffing before it has none. A client that connects and sends
+                    // nothing is closed here instead of holding a socket forever.
+                    let mut probe = [0u8; 1];
+                    match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                    let service = service_fn(move |req| {
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -70,6 +101,7 @@ pub async fn serve<F, Fut>(
         }
     }
     drop(listener);
+    let grace = limits.grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

@@ -78,6 +78,20 @@ pub struct ServeArgs {
     /// Largest upstream response body read (502 bad_upstream_response beyond).
     #[arg(long, env = "TRIAGE_MAX_RESPONSE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_response_bytes: usize,
+    /// Deadline from accept to the first byte, and from the first byte to the end of the
+    /// request head; an idle keep-alive connection is closed after it too.
+    #[arg(long, env = "TRIAGE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// HTTP/2: ping an idle connection this often (and close it if the ping is not answered
+    /// within the header read timeout).
+    #[arg(long, env = "TRIAGE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Most request headers accepted (431 beyond).
+    #[arg(long, env = "TRIAGE_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+    /// Largest request head in bytes (431 beyond).
+    #[arg(long, env = "TRIAGE_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
     /// Concurrent requests in flight; beyond it requests get a fast 503 `overloaded`.
     #[arg(long, env = "TRIAGE_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,

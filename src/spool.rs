@@ -120,6 +120,8 @@ pub struct Spool {
     bytes: Arc<AtomicU64>,
     items: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
+    /// Set when an append was refused for space; cleared when a replay frees some.
+    full: AtomicBool,
     wake: tokio::sync::Notify,
 }
 
@@ -142,6 +144,7 @@ impl Spool {
             bytes: Arc::new(AtomicU64::new(bytes)),
             items: Arc::new(AtomicU64::new(items)),
             healthy: Arc::new(AtomicBool::new(true)),
+            full: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
         });
         metrics::spool_items(items);
@@ -165,6 +168,7 @@ impl Spool {
     pub async fn append(&self, item: &Item) -> Result<(), SpoolError> {
         let record = frame(&item.encode());
         if self.bytes.load(Ordering::Relaxed) + record.len() as u64 > self.max_bytes {
+            self.full.store(true, Ordering::Relaxed);
             return Err(SpoolError::Full(self.max_bytes));
         }
         let (done, wait) = oneshot::channel();
@@ -172,8 +176,10 @@ impl Spool {
             .send(Command::Append(record, done))
             .map_err(|_| SpoolError::Closed)?;
         let result = wait.await.map_err(|_| SpoolError::Closed)?;
-        if result.is_ok() {
-            self.wake.notify_one();
+        match &result {
+            Ok(()) => self.wake.notify_one(),
+            Err(SpoolError::Full(_)) => self.full.store(true, Ordering::Relaxed),
+            Err(_) => {}
         }
         result
     }
@@ -184,7 +190,7 @@ impl Spool {
 
     /// Writable and below its cap: holds can still be made durable here.
     pub fn available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.bytes.load(Ordering::Relaxed) < self.max_bytes
+        self.healthy.load(Ordering::Relaxed) && !self.full.load(Ordering::Relaxed)
     }
 
     pub fn healthy(&self) -> bool {
@@ -387,6 +393,7 @@ async fn replay_once(spool: &Spool, publisher: &Publisher) -> Result<(), String>
             .fetch_sub(n.min(spool.items()), Ordering::Relaxed)
             .saturating_sub(n);
         metrics::spool_items(left);
+        spool.full.store(false, Ordering::Relaxed);
         tracing::info!(segment = %path.display(), items = n, left, "spooled review items delivered");
     }
     Ok(())

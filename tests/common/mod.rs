@@ -410,7 +410,12 @@ impl Triage {
         Self::spawn_named(rules, args, env, Names::unique()).await
     }
 
-    async fn spawn_named(rules: &str, args: &[&str], env: &[(&str, &str)], names: Names) -> Triage {
+    pub async fn spawn_named(
+        rules: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        names: Names,
+    ) -> Triage {
         let dir = tempfile::tempdir().unwrap();
         let rules_path = dir.path().join("rules.yaml");
         std::fs::write(&rules_path, rules).unwrap();
@@ -481,6 +486,32 @@ impl Triage {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `/readyz` is 200: the review path is durable (broker or spool).
+    pub async fn wait_durable(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "triage not ready in time: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let r = reqwest::get(format!("{}/readyz", self.admin))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 
     pub fn stderr(&self) -> String {
