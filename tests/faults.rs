@@ -11,9 +11,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,95 +21,6 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-// ---------------------------------------------------------------------------------------
-// A TCP fault relay between triage and RabbitMQ.
-
-const PASS: u8 = 0;
-const CUT: u8 = 1; // existing connections closed, new ones closed at once
-const BLACKHOLE: u8 = 2; // connections accepted, nothing forwarded either way
-
-struct Relay {
-    addr: SocketAddr,
-    mode: Arc<AtomicU8>,
-    changed: watch::Sender<u8>,
-}
-
-impl Relay {
-    async fn start(target: &str) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let (changed, _) = watch::channel(PASS);
-        let target = target.to_string();
-        let (m, tx) = (mode.clone(), changed.clone());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let mode = m.load(Ordering::SeqCst);
-                if mode == CUT {
-                    drop(client);
-                    continue;
-                }
-                let rx = tx.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    if mode == BLACKHOLE {
-                        // Hold the socket, forward nothing, until the mode changes; then drop.
-                        let mut rx = rx;
-                        let _ = rx.changed().await;
-                        drop(client);
-                        return;
-                    }
-                    let Ok(server) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    pipe(client, server, rx).await;
-                });
-            }
-        });
-        Relay {
-            addr,
-            mode,
-            changed,
-        }
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-        let _ = self.changed.send(mode);
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-}
-
-/// Copy both ways until either side closes or the relay stops passing.
-async fn pipe(mut a: TcpStream, mut b: TcpStream, mut rx: watch::Receiver<u8>) {
-    let (mut ar, mut aw) = a.split();
-    let (mut br, mut bw) = b.split();
-    let mut abuf = vec![0u8; 16 * 1024];
-    let mut bbuf = vec![0u8; 16 * 1024];
-    loop {
-        tokio::select! {
-            n = ar.read(&mut abuf) => match n { Ok(0) | Err(_) => return, Ok(n) => if bw.write_all(&abuf[..n]).await.is_err() { return } },
-            n = br.read(&mut bbuf) => match n { Ok(0) | Err(_) => return, Ok(n) => if aw.write_all(&bbuf[..n]).await.is_err() { return } },
-            _ = rx.changed() => {
-                let mode = *rx.borrow();
-                match mode {
-                    PASS => continue,
-                    BLACKHOLE => {
-                        // Stop forwarding; keep the sockets open until the next change.
-                        let _ = rx.changed().await;
-                        return;
-                    }
-                    _ => return,
-                }
-            }
-        }
-    }
-}
 
 fn hold_rules(url: &str) -> String {
     format!(

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -577,4 +579,92 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// A TCP fault relay between triage and RabbitMQ.
+
+pub const PASS: u8 = 0;
+pub const CUT: u8 = 1; // existing connections closed, new ones closed at once
+pub const BLACKHOLE: u8 = 2; // connections accepted, nothing forwarded either way
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    changed: watch::Sender<u8>,
+}
+
+impl Relay {
+    pub async fn start(target: &str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let (changed, _) = watch::channel(PASS);
+        let target = target.to_string();
+        let (m, tx) = (mode.clone(), changed.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mode = m.load(Ordering::SeqCst);
+                if mode == CUT {
+                    drop(client);
+                    continue;
+                }
+                let rx = tx.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if mode == BLACKHOLE {
+                        // Hold the socket, forward nothing, until the mode changes; then drop.
+                        let mut rx = rx;
+                        let _ = rx.changed().await;
+                        drop(client);
+                        return;
+                    }
+                    let Ok(server) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    pipe(client, server, rx).await;
+                });
+            }
+        });
+        Relay {
+            addr,
+            mode,
+            changed,
+        }
+    }
+
+    pub fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+        let _ = self.changed.send(mode);
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+}
+
+/// Copy both ways until either side closes or the relay stops passing.
+async fn pipe(mut a: TcpStream, mut b: TcpStream, mut rx: watch::Receiver<u8>) {
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let mut abuf = vec![0u8; 16 * 1024];
+    let mut bbuf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            n = ar.read(&mut abuf) => match n { Ok(0) | Err(_) => return, Ok(n) => if bw.write_all(&abuf[..n]).await.is_err() { return } },
+            n = br.read(&mut bbuf) => match n { Ok(0) | Err(_) => return, Ok(n) => if aw.write_all(&bbuf[..n]).await.is_err() { return } },
+            _ = rx.changed() => {
+                let mode = *rx.borrow();
+                match mode {
+                    PASS => continue,
+                    BLACKHOLE => {
+                        // Stop forwarding; keep the sockets open until the next change.
+                        let _ = rx.changed().await;
+                        return;
+                    }
+                    _ => return,
+                }
+            }
+        }
+    }
 }
