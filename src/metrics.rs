@@ -29,6 +29,7 @@ pub const RULES_LAST_RELOAD_OK: &str = "triage_rules_last_reload_successful";
 pub const RULES_INFO: &str = "triage_rules_info";
 pub const BUILD_INFO: &str = "triage_build_info";
 pub const UNROUTED: &str = "triage_unrouted_requests_total";
+pub const STREAM_PASSTHROUGH: &str = "triage_stream_passthrough_total";
 
 /// Install the Prometheus recorder; the handle renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -120,6 +121,10 @@ fn describe() {
     describe_gauge!(RULES_INFO, "1 for the hash of the active rules.");
     describe_gauge!(BUILD_INFO, "1, labelled with the triage version.");
     describe_counter!(UNROUTED, "Requests that matched no task (404 no_route).");
+    describe_counter!(
+        STREAM_PASSTHROUGH,
+        "Streamed answers released ungated (streaming: passthrough)."
+    );
     describe_counter!(SPOOL_ERRORS, "Spool writes that failed (disk errors).");
     describe_histogram!(
         VERDICT_LATENCY,
@@ -150,6 +155,7 @@ pub struct VariantMetrics {
     pub cost: Gauge,
     pub upstream_duration: Histogram,
     pub overrides: Counter,
+    pub stream_passthrough: Counter,
 }
 
 impl VariantMetrics {
@@ -182,6 +188,7 @@ impl VariantMetrics {
             cost: gauge!(COST, &labels),
             upstream_duration: histogram!(UPSTREAM_DURATION, &labels),
             overrides: counter!(MODEL_OVERRIDES, &labels),
+            stream_passthrough: counter!(STREAM_PASSTHROUGH, &labels),
         }
     }
 

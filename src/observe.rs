@@ -27,18 +27,32 @@ impl Observed {
     }
 }
 
+/// Whether the upstream answered with server-sent events (a streamed completion).
+pub fn is_event_stream(resp: &UpstreamResponse) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"))
+}
+
 pub fn observe(task: &Task, variant: &Variant, resp: &UpstreamResponse) -> Observed {
     let found = if task.probe.is_empty() {
         None
+    } else if is_event_stream(resp) {
+        task.probe.run_events(&resp.body).ok()
     } else {
         task.probe.run(&resp.body).ok()
     };
     let found = found.as_deref();
     let slot = |s: Option<usize>| s.and_then(|s| found?.get(s));
+    let non_empty = |s: Option<usize>| {
+        slot(s)
+            .and_then(Found::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
 
-    let refusal = slot(task.slots.refusal)
-        .and_then(Found::as_str)
-        .is_some_and(|s| !s.is_empty())
+    let refusal = non_empty(task.slots.refusal)
+        || non_empty(task.slots.delta_refusal)
         || slot(task.slots.finish_reason).and_then(Found::as_str) == Some("content_filter");
 
     let reported = match &task.model.response {

@@ -147,6 +147,33 @@ impl Probe {
         self.slots == 0
     }
 
+    /// Walk every `data:` event of a server-sent-events body (a streamed completion) and
+    /// merge what the chunks say: `Many` slots collect across chunks in order, `One` slots
+    /// keep the last value that is neither absent nor null. Events that are not JSON
+    /// (`[DONE]`, comments) are skipped; no JSON event at all is `NotJson`.
+    pub fn run_events(&self, body: &[u8]) -> Result<Vec<Found>, NotJson> {
+        let mut merged = vec![Found::Absent; self.slots];
+        let mut any = false;
+        for line in body.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            let Ok(found) = self.run(data) else { continue };
+            any = true;
+            for (cell, new) in merged.iter_mut().zip(found) {
+                match (&mut *cell, new) {
+                    (_, Found::Absent | Found::Null) => {}
+                    (Found::Numbers(acc), Found::Numbers(more)) => acc.extend(more),
+                    (Found::NotNumbers, _) => {}
+                    (cell, new) => *cell = new,
+                }
+            }
+        }
+        if any { Ok(merged) } else { Err(NotJson) }
+    }
+
     /// Walk `body` once and return one [`Found`] per slot.
     pub fn run(&self, body: &[u8]) -> Result<Vec<Found>, NotJson> {
         let mut out = vec![Found::Absent; self.slots];
@@ -377,6 +404,26 @@ mod tests {
         assert_eq!(probe.run(b"not json"), Err(NotJson));
         assert_eq!(probe.run(br#"{"a":1} x"#), Err(NotJson));
         assert!(probe.run(br#"{"a":1}  "#).is_ok());
+    }
+
+    #[test]
+    fn server_sent_events_merge_across_chunks() {
+        let mut probe = Probe::default();
+        let mut lp = steps("/choices/0/logprobs/content");
+        lp.push(Step::Each);
+        lp.extend(steps("/logprob"));
+        let lp = probe.add(&lp, Kind::Many);
+        let finish = probe.add(&steps("/choices/0/finish_reason"), Kind::One);
+        let model = probe.add(&steps("/model"), Kind::One);
+        let body = b"data: {\"model\":\"m\",\"choices\":[{\"logprobs\":{\"content\":[{\"logprob\":-0.1}]},\"finish_reason\":null}]}\n\n\
+: a comment\r\n\
+data: {\"model\":\"m\",\"choices\":[{\"logprobs\":{\"content\":[{\"logprob\":-0.2},{\"logprob\":-0.3}]},\"finish_reason\":\"stop\"}]}\r\n\r\n\
+data: [DONE]\n\n";
+        let found = probe.run_events(body).unwrap();
+        assert_eq!(found[lp], Found::Numbers(vec![-0.1, -0.2, -0.3]));
+        assert_eq!(found[finish], Found::Str("stop".into()));
+        assert_eq!(found[model], Found::Str("m".into()));
+        assert_eq!(probe.run_events(b"data: [DONE]\n\n"), Err(NotJson));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::error::{Fault, ProxyError};
 use crate::observe;
 use crate::review::{self, Disposition, ReviewInput};
 use crate::route;
+use crate::rules::raw::Streaming;
 use crate::rules::{RuleSet, Task, Variant};
 use crate::shadow;
 use crate::spool::{Item, Spool};
@@ -35,6 +36,7 @@ const X_VARIANT: HeaderName = HeaderName::from_static("x-triage-variant");
 const X_CONFIDENCE: HeaderName = HeaderName::from_static("x-triage-confidence");
 const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-triage-model-version");
 const X_REVIEW_ID: HeaderName = HeaderName::from_static("x-triage-review-id");
+const X_STREAM: HeaderName = HeaderName::from_static("x-triage-stream");
 
 /// Everything the data plane shares.
 pub struct State {
@@ -200,6 +202,20 @@ async fn run<'t>(
             variant,
             outcome: Outcome::UpstreamError,
             response: release(task, variant, resp, "error", None, None, None),
+        });
+    }
+
+    // A task may let streamed answers through ungated; never silently: counted and marked.
+    if task.streaming == Streaming::Passthrough && observe::is_event_stream(&resp) {
+        variant.metrics.stream_passthrough.increment(1);
+        let mut response = release(task, variant, resp, "pass", None, None, None);
+        response
+            .headers_mut()
+            .insert(X_STREAM, HeaderValue::from_static("passthrough"));
+        return Ok(Answer {
+            variant,
+            outcome: Outcome::Passed,
+            response,
         });
     }
 

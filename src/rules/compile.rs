@@ -450,8 +450,10 @@ fn compile_task(
         |p: Option<&str>, default: &str, key: &str, probe: &mut Probe, err: &mut Errors| {
             pointer(p.unwrap_or(default), key, err).map(|s| probe.add(&s, Kind::One))
         };
+    let delta_refusal = ["choices", "0", "delta", "refusal"].map(Step::token);
     let mut slots = Slots {
         refusal: Some(probe.add(&refusal, Kind::One)),
+        delta_refusal: Some(probe.add(&delta_refusal, Kind::One)),
         finish_reason: Some(probe.add(&finish, Kind::One)),
         ..Slots::default()
     };
@@ -620,6 +622,7 @@ fn compile_task(
         redact: raw.redact.clone().into(),
         review_headers: review_headers.into(),
         metrics: TaskMetrics::new(&raw.name),
+        streaming: raw.streaming,
     })
 }
 

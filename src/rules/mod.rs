@@ -60,6 +60,8 @@ pub struct Task {
     /// Request headers copied into review items.
     pub review_headers: Box<[HeaderName]>,
     pub metrics: TaskMetrics,
+    /// Streamed (server-sent events) answers: gated like any other, or passed through.
+    pub streaming: raw::Streaming,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +90,8 @@ pub enum ReportedVersion {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Slots {
     pub refusal: Option<usize>,
+    /// `choices[0].delta.refusal` of a streamed chunk.
+    pub delta_refusal: Option<usize>,
     pub finish_reason: Option<usize>,
     pub prompt_tokens: Option<usize>,
     pub completion_tokens: Option<usize>,

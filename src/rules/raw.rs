@@ -62,6 +62,18 @@ pub struct RawTask {
     /// Request headers copied into review items, in addition to the built-in allow-list.
     #[serde(default)]
     pub review_headers: Vec<String>,
+    /// `gate` (default): a streamed answer is buffered, gated, then replayed or held.
+    /// `passthrough`: streamed answers skip gating (counted in `triage_stream_passthrough_total`).
+    #[serde(default)]
+    pub streaming: Streaming,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Streaming {
+    #[default]
+    Gate,
+    Passthrough,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
