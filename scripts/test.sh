@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-rabbitmq.sh
+scripts/setup-python.sh   # the official openai SDK, for tests/openai_sdk.rs
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

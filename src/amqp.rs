@@ -237,78 +237,85 @@ async fn connect(config: &AmqpConfig) -> Result<Link, lapin::Error> {
 }
 
 async fn declare_exchanges(channel: &Channel, config: &AmqpConfig) -> Result<(), lapin::Error> {
+    for name in [&config.review_exchange, &config.verdict_exchange] {
+        declare_exchange(channel, name, ExchangeKind::Topic).await?;
+    }
+    Ok(())
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    for name in [&config.review_exchange, &config.verdict_exchange] {
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-    }
     channel
-        .exchange_declare(
-            dead_letter_exchange(config).into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
+        .exchange_declare(name.into(), kind, durable, FieldTable::default())
         .await
 }
 
-pub fn dead_letter_exchange(config: &AmqpConfig) -> String {
-    format!("{}.dead", config.review_exchange)
+/// The contract's review topology, declared idempotently: a quorum queue that rejects
+/// publishes when full (never drops the oldest) and dead-letters at least once.
+async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), lapin::Error> {
+    declare_exchange(channel, &config.verdict_exchange, ExchangeKind::Topic).await?;
+    let extra = [
+        ("x-overflow", "reject-publish"),
+        ("x-dead-letter-strategy", "at-least-once"),
+    ];
+    declare_queue(
+        channel,
+        &config.review_exchange,
+        &config.review_queue,
+        &extra,
+    )
+    .await
 }
 
-/// The contract's topology, declared idempotently: a durable topic exchange; a durable
-/// quorum queue bound with `#` that rejects publishes when full (never drops the oldest)
-/// and dead-letters at least once; and the dead-letter exchange and queue.
-async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), lapin::Error> {
-    declare_exchanges(channel, config).await?;
+/// A durable topic exchange and a durable quorum queue bound to it with `#`, dead-lettering
+/// through the fanout exchange `<exchange>.dead` into the quorum queue `<queue>.dead`.
+/// Used for the review queue and the verdict queue.
+pub async fn declare_queue(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+    extra: &[(&str, &str)],
+) -> Result<(), lapin::Error> {
+    let dead_exchange = format!("{exchange}.dead");
+    let dead_queue = format!("{queue}.dead");
+    declare_exchange(channel, exchange, ExchangeKind::Topic).await?;
+    declare_exchange(channel, &dead_exchange, ExchangeKind::Fanout).await?;
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    let dlx = dead_letter_exchange(config);
-    let dead_queue = format!("{}.dead", config.review_queue);
     let mut quorum = FieldTable::default();
     quorum.insert("x-queue-type".into(), long_string("quorum"));
-    channel
-        .queue_declare(dead_queue.as_str().into(), durable, quorum.clone())
-        .await?;
-    channel
-        .queue_bind(
-            dead_queue.as_str().into(),
-            dlx.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut args = quorum;
-    args.insert("x-overflow".into(), long_string("reject-publish"));
-    args.insert("x-dead-letter-exchange".into(), long_string(&dlx));
-    args.insert(
-        "x-dead-letter-strategy".into(),
-        long_string("at-least-once"),
-    );
-    channel
-        .queue_declare(config.review_queue.as_str().into(), durable, args)
-        .await?;
-    channel
-        .queue_bind(
-            config.review_queue.as_str().into(),
-            config.review_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+    let mut args = quorum.clone();
+    args.insert("x-dead-letter-exchange".into(), long_string(&dead_exchange));
+    for (k, v) in extra {
+        args.insert((*k).into(), long_string(v));
+    }
+    for (name, args, bound_to) in [
+        (&dead_queue, quorum, &dead_exchange),
+        (&queue.to_owned(), args, &exchange.to_owned()),
+    ] {
+        channel
+            .queue_declare(name.as_str().into(), durable, args)
+            .await?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                bound_to.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 fn long_string(s: &str) -> AMQPValue {

@@ -4,9 +4,12 @@
 //! exit 64), starts the review path, serves the data and admin ports, and drains on
 //! SIGTERM. The request path lives in `proxy.rs`; see the README for the map.
 
+mod demo;
+
 use triage::{admin, amqp, metrics, proxy, rules, server, settings, spool, upstream, verdicts};
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +38,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { path } => check(&path),
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(*args, Box::new(|_, _| {})),
+        Command::Demo(args) => demo::run(args),
     }
 }
 
@@ -72,7 +76,11 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+/// Called once both listeners are bound and `listening …` is printed (`triage demo` prints
+/// its curl lines there).
+type OnListening = Box<dyn FnOnce(SocketAddr, SocketAddr)>;
+
+fn serve(args: ServeArgs, on_listening: OnListening) -> ExitCode {
     init_tracing(args.log_format);
     // The recorder first: rule compilation resolves metric handles against it.
     let metrics = match metrics::install() {
@@ -115,7 +123,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, rules, metrics, token)) {
+    match runtime.block_on(run(args, rules, metrics, token, on_listening)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -129,6 +137,7 @@ async fn run(
     rules: rules::RuleSet,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
     token: Option<admin::Token>,
+    on_listening: OnListening,
 ) -> Result<(), String> {
     let data = TcpListener::bind(args.listen)
         .await
@@ -225,6 +234,7 @@ async fn run(
     ));
 
     println!("listening data={data_addr} admin={admin_addr}");
+    on_listening(data_addr, admin_addr);
     let _ = std::io::stdout().flush();
 
     wait_for_signal().await;

@@ -25,6 +25,45 @@ pub enum Command {
         /// A .yaml/.yml/.json file, or a directory of them.
         path: PathBuf,
     },
+    /// A first look: the sidecar, a simulated model upstream and the example rules, in one
+    /// process; prints ready-to-run curl lines.
+    Demo(DemoArgs),
+}
+
+/// `triage demo`: every other setting is `serve`'s default (or its environment variable).
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Data-plane listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listen address (health, metrics, admin).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin_listen: SocketAddr,
+    /// RabbitMQ URL; when nothing answers there, review items go to a temporary spool.
+    #[arg(
+        long,
+        env = "TRIAGE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+    #[arg(long, env = "TRIAGE_REVIEW_EXCHANGE", default_value = "triage.review")]
+    pub review_exchange: String,
+    #[arg(long, env = "TRIAGE_REVIEW_QUEUE", default_value = "triage.review")]
+    pub review_queue: String,
+    #[arg(
+        long,
+        env = "TRIAGE_VERDICT_EXCHANGE",
+        default_value = "triage.verdicts"
+    )]
+    pub verdict_exchange: String,
+    #[arg(
+        long,
+        env = "TRIAGE_VERDICT_QUEUE",
+        default_value = "triage.verdicts.metrics"
+    )]
+    pub verdict_queue: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -15,14 +15,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
 use serde::Deserialize;
 
+use crate::amqp;
 use crate::decide::Reason;
 use crate::metrics;
 use crate::rules::RuleSet;
@@ -156,66 +154,7 @@ async fn consume(
     let props = ConnectionProperties::default().with_connection_name("triage-verdicts".into());
     let conn = Connection::connect(&config.url, props).await?;
     let channel = conn.create_channel().await?;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let dead_exchange = format!("{}.dead", config.exchange);
-    let dead_queue = format!("{}.dead", config.queue);
-    channel
-        .exchange_declare(
-            config.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            dead_exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    let queue_opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(dead_queue.as_str().into(), queue_opts, quorum.clone())
-        .await?;
-    channel
-        .queue_bind(
-            dead_queue.as_str().into(),
-            dead_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut args = quorum;
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from(dead_exchange.as_str())),
-    );
-    channel
-        .queue_declare(config.queue.as_str().into(), queue_opts, args)
-        .await?;
-    channel
-        .queue_bind(
-            config.queue.as_str().into(),
-            config.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    amqp::declare_queue(&channel, &config.exchange, &config.queue, &[]).await?;
     channel.basic_qos(64, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(

@@ -108,27 +108,30 @@ async fn through_relay(relay: &Relay, up: &Upstream, extra: &[&str]) -> Triage {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_broker_cut_during_holds_loses_nothing() {
+/// Holds under load through the relay; at 0.8 s the relay goes to `mode` for `fault`, then
+/// back to passing for 1.5 s. Returns the triage instance, every 202 id, the slowest answer.
+async fn holds_through_a_fault(mode: u8, fault: Duration) -> (Triage, Vec<String>, Duration) {
     let relay = Relay::start("127.0.0.1:5672").await;
     let up = low_confidence_upstream().await;
     let t = through_relay(&relay, &up, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        let t = &t;
-        async move { hold_load(t, 4, stop).await }
-    };
+    let load = hold_load(&t, 4, stop.clone());
     let faults = async {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        relay.set(CUT);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        relay.set(mode);
+        tokio::time::sleep(fault).await;
         relay.set(PASS);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         stop.store(true, Ordering::Relaxed);
     };
-    let ((ids, _), ()) = tokio::join!(load, faults);
+    let ((ids, slowest), ()) = tokio::join!(load, faults);
     assert!(ids.len() > 50, "too little load: {}", ids.len());
+    (t, ids, slowest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_cut_during_holds_loses_nothing() {
+    let (t, ids, _) = holds_through_a_fault(CUT, Duration::from_secs(3)).await;
     assert!(
         t.metric("triage_review_publish_total", &[("result", "spooled")])
             .await
@@ -145,24 +148,7 @@ async fn a_broker_cut_during_holds_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blackholed_broker_never_makes_a_request_wait_past_the_publish_timeout() {
-    let relay = Relay::start("127.0.0.1:5672").await;
-    let up = low_confidence_upstream().await;
-    let t = through_relay(&relay, &up, &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        let t = &t;
-        async move { hold_load(t, 4, stop).await }
-    };
-    let faults = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        relay.set(BLACKHOLE);
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        relay.set(PASS);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(true, Ordering::Relaxed);
-    };
-    let ((ids, slowest), ()) = tokio::join!(load, faults);
+    let (t, ids, slowest) = holds_through_a_fault(BLACKHOLE, Duration::from_secs(4)).await;
     // Publish timeout 1 s; the rest is the upstream call, the spool's fsync and scheduling.
     assert!(
         slowest < Duration::from_millis(2500),
