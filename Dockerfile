@@ -20,6 +20,8 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY loadtest ./loadtest
+COPY routing-rules ./routing-rules
 
 # The registry cache mount only speeds up rebuilds; --locked builds exactly Cargo.lock.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

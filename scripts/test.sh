@@ -10,10 +10,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 
 echo "== deploy checks (Dockerfile, Kubernetes manifests)"
 scripts/check-deploy.sh
