@@ -200,6 +200,16 @@ async fn run(
         draining: std::sync::atomic::AtomicBool::new(false),
         access_log: args.access_log,
     });
+    // The exporter keeps histogram samples until they are folded in: do it on a timer, so
+    // memory stays flat when nobody scrapes /metrics.
+    let upkeep = metrics_handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let admin_state = Arc::new(admin::Admin {
         state: state.clone(),
         metrics: metrics_handle,

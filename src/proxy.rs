@@ -460,12 +460,8 @@ fn access_log(
 
 fn tag(headers: &mut HeaderMap, task: &Task, variant: &Variant, decision: &'static str) {
     headers.insert(X_DECISION, HeaderValue::from_static(decision));
-    if let Ok(v) = HeaderValue::from_str(&task.name) {
-        headers.insert(X_TASK, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&variant.name) {
-        headers.insert(X_VARIANT, v);
-    }
+    headers.insert(X_TASK, task.name_header.clone());
+    headers.insert(X_VARIANT, variant.name_header.clone());
 }
 
 fn tag_observed(

@@ -9,6 +9,7 @@
 //! confirmed; a crash replays that segment again (at-least-once: reviewers dedupe by review
 //! id). A torn tail (a crash mid-write) fails its length or CRC check and is skipped.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -330,6 +331,10 @@ impl Writer {
 pub fn start_replay(spool: Arc<Spool>, publisher: Arc<Publisher>) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
+        // Records of each segment already confirmed by this process: a retry resumes after
+        // them instead of publishing them again (which could keep a full queue full of
+        // duplicates forever). A restart starts each segment over: at-least-once.
+        let mut confirmed: HashMap<PathBuf, usize> = HashMap::new();
         loop {
             if spool.items() == 0 || !publisher.is_connected() {
                 tokio::select! {
@@ -338,7 +343,7 @@ pub fn start_replay(spool: Arc<Spool>, publisher: Arc<Publisher>) {
                 }
                 continue;
             }
-            match replay_once(&spool, &publisher).await {
+            match replay_once(&spool, &publisher, &mut confirmed).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     tracing::warn!(error = %e, items = spool.items(), "spool replay paused");
@@ -350,7 +355,11 @@ pub fn start_replay(spool: Arc<Spool>, publisher: Arc<Publisher>) {
     });
 }
 
-async fn replay_once(spool: &Spool, publisher: &Publisher) -> Result<(), String> {
+async fn replay_once(
+    spool: &Spool,
+    publisher: &Publisher,
+    confirmed: &mut HashMap<PathBuf, usize>,
+) -> Result<(), String> {
     spool.rotate().await;
     let dir = spool.dir.clone();
     let list = tokio::task::spawn_blocking(move || segments(&dir))
@@ -367,17 +376,28 @@ async fn replay_once(spool: &Spool, publisher: &Publisher) -> Result<(), String>
         if torn {
             tracing::warn!(segment = %path.display(), intact = recs.len(), "spool segment ends in a torn or corrupt record; skipping the rest");
         }
-        for rec in &recs {
+        let done = confirmed.entry(path.clone()).or_default();
+        for rec in recs.iter().skip(*done) {
+            *done += 1;
             let Some(item) = Item::decode(rec) else {
                 tracing::warn!(segment = %path.display(), "undecodable spool record skipped");
                 continue;
             };
-            publisher
+            if let Err(e) = publisher
                 .publish(&item.routing_key, &item.review_id, &item.payload)
                 .await
-                .map_err(|e| e.to_string())?;
+            {
+                *done -= 1;
+                return Err(e.to_string());
+            }
             metrics::review_published("confirmed");
+            let left = spool
+                .items
+                .fetch_sub(1.min(spool.items()), Ordering::Relaxed)
+                .saturating_sub(1);
+            metrics::spool_items(left);
         }
+        confirmed.remove(&path);
         let p = path.clone();
         tokio::task::spawn_blocking(move || fs::remove_file(&p))
             .await
@@ -387,14 +407,8 @@ async fn replay_once(spool: &Spool, publisher: &Publisher) -> Result<(), String>
             (data.len() as u64).min(spool.bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        let n = recs.len() as u64;
-        let left = spool
-            .items
-            .fetch_sub(n.min(spool.items()), Ordering::Relaxed)
-            .saturating_sub(n);
-        metrics::spool_items(left);
         spool.full.store(false, Ordering::Relaxed);
-        tracing::info!(segment = %path.display(), items = n, left, "spooled review items delivered");
+        tracing::info!(segment = %path.display(), items = recs.len(), left = spool.items(), "spooled review items delivered");
     }
     Ok(())
 }

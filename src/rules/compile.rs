@@ -531,6 +531,7 @@ fn compile_task(
             match &task_upstream {
                 Some(up) => vec![Variant {
                     name: "default".into(),
+                    name_header: HeaderValue::from_static("default"),
                     version: pinned.as_deref().map(Arc::from),
                     bucket_end: BUCKETS,
                     upstream: up.clone(),
@@ -600,6 +601,7 @@ fn compile_task(
     let extractor = extractor?;
     Some(Task {
         name: raw.name.as_str().into(),
+        name_header: header_value(&raw.name),
         matcher: Matcher {
             path_prefix: m.path_prefix.as_deref().map(Into::into),
             method,
@@ -793,6 +795,7 @@ fn compile_variants(
         if let Some(up) = up {
             out.push(Variant {
                 name: v.name.as_str().into(),
+                name_header: header_value(&v.name),
                 version: Some(v.version.as_str().into()),
                 bucket_end: total.min(BUCKETS),
                 upstream: up,
@@ -824,4 +827,10 @@ fn source_name(s: Source) -> &'static str {
         Source::Max => "max",
         Source::SoftmaxMax => "softmax_max",
     }
+}
+
+/// A validated name (letters, digits, '-', '_') as a header value. An invalid one can only
+/// come with a reported error, so the rule set is never built with the placeholder.
+fn header_value(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }

@@ -47,6 +47,8 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct Task {
     pub name: Arc<str>,
+    /// `name` as a ready header value (`x-triage-task`), shared, never re-encoded.
+    pub name_header: HeaderValue,
     pub matcher: Matcher,
     pub model: ModelRules,
     pub extractor: Extractor,
@@ -107,6 +109,8 @@ pub struct Rollout {
 #[derive(Debug)]
 pub struct Variant {
     pub name: Arc<str>,
+    /// `name` as a ready header value (`x-triage-variant`).
+    pub name_header: HeaderValue,
     /// The pinned model version; `None` when the task pins nothing.
     pub version: Option<Arc<str>>,
     /// Exclusive end of this variant's cumulative bucket range (0..=10_000).
