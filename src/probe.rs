@@ -22,7 +22,9 @@ pub enum Step {
 impl Step {
     pub fn token(key: &str) -> Self {
         // RFC 6901: array indices are "0" or digits without a leading zero.
-        let index = if key == "0" || (!key.starts_with('0') && !key.is_empty()) {
+        // (`str::parse` would also take "+1"; an index is digits only.)
+        let digits = !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit());
+        let index = if key == "0" || (digits && !key.starts_with('0')) {
             key.parse().ok()
         } else {
             None
@@ -424,6 +426,28 @@ data: [DONE]\n\n";
         assert_eq!(found[finish], Found::Str("stop".into()));
         assert_eq!(found[model], Found::Str("m".into()));
         assert_eq!(probe.run_events(b"data: [DONE]\n\n"), Err(NotJson));
+    }
+
+    /// Found by fuzzing (fuzz/regressions/pointer_parse/plus-sign-array-index).
+    #[test]
+    fn only_digits_make_an_array_index() {
+        for key in ["+1", "-1", " 1", "1 ", "1e0", "0x1"] {
+            assert_eq!(
+                Step::token(key),
+                Step::Token {
+                    key: key.into(),
+                    index: None
+                },
+                "{key}"
+            );
+        }
+        assert_eq!(
+            Step::token("10"),
+            Step::Token {
+                key: "10".into(),
+                index: Some(10)
+            }
+        );
     }
 
     #[test]

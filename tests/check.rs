@@ -190,3 +190,23 @@ fn serve_refuses_bad_rules_and_bad_flags_with_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/rules.yaml"));
 }
+
+/// Found by fuzzing (fuzz/regressions/rules_compile/weights-overflow.yaml.gz): a YAML alias
+/// expanded into ~430,000 variants overflowed the weight sum. Now bounded, and fast.
+#[test]
+fn an_alias_expanded_into_a_huge_rollout_is_refused_quickly() {
+    let mut aliases = String::from("[&v {name: v, version: x, weight: 100}");
+    for _ in 0..200 {
+        aliases.push_str(", *v");
+    }
+    aliases.push(']');
+    let yaml = format!(
+        "version: 1\nupstreams: {{u: {{url: \"http://h\"}}}}\ntasks:\n- {{name: t, upstream: u, threshold: 0.5, confidence: {{source: max, pointer: /p}}, rollout: {{variants: {aliases}}}}}\n"
+    );
+    let started = std::time::Instant::now();
+    let (code, out) = check(&yaml);
+    assert_eq!(code, 1);
+    assert!(out.contains("201 variants; at most 100"), "{out}");
+    assert!(out.contains("1 error(s)"), "{out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

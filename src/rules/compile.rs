@@ -23,6 +23,7 @@ use crate::probe::{Kind, Probe, Step, parse_pointer};
 /// Buckets of the sticky assignment; weights are in hundredths of a percent.
 pub const BUCKETS: u32 = 10_000;
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+const MAX_VARIANTS: usize = 100;
 
 /// Resolves an upstream name for a key, reporting unknown names.
 type UpstreamLookup<'a> = dyn Fn(&str, &str, &mut Errors) -> Option<Arc<Upstream>> + 'a;
@@ -653,6 +654,18 @@ fn compile_variants(
         err.push("rollout.variants", "needs at least one variant");
         return Vec::new();
     }
+    // A bound for the sake of the hot path and of readable errors (a YAML alias can expand
+    // one line into hundreds of thousands of variants; fuzzing found that).
+    if rollout.variants.len() > MAX_VARIANTS {
+        err.push(
+            "rollout.variants",
+            format!(
+                "{} variants; at most {MAX_VARIANTS}",
+                rollout.variants.len()
+            ),
+        );
+        return Vec::new();
+    }
     let mut names = HashSet::new();
     let mut versions = HashSet::new();
     let mut total: u32 = 0;
@@ -702,7 +715,7 @@ fn compile_variants(
             );
         }
         let bp = basis_points.round().clamp(0.0, f64::from(BUCKETS)) as u32;
-        total += bp;
+        total = total.saturating_add(bp);
         if let Some(t) = v.threshold {
             unit_interval(t, &format!("{key}.threshold"), err);
         }
