@@ -17,6 +17,7 @@ cargo test --locked --workspace --all-targets
 
 echo "== deploy checks (Dockerfile, Kubernetes manifests)"
 scripts/check-deploy.sh
+scripts/check-docker-build.sh
 
 echo "== alert rules and dashboard (promtool)"
 scripts/check-alerts.sh
