@@ -1,1 +1,160 @@
-fn main() {}
+//! loadtest: the performance harness for triage (issue 7).
+//!
+//! ```sh
+//! loadtest/run.sh                 # build release, full run (~5–8 min), table in loadtest/results/latest.md
+//! loadtest/run.sh --quick         # ~1–2 min: one round, short phases
+//! cargo run -p loadtest --release -- mock --listen 127.0.0.1:8000
+//! cargo run -p loadtest --release -- drive --url http://127.0.0.1:8080/v1/chat/completions --rate 1000
+//! cargo run -p loadtest --release -- run --rounds 3
+//! ```
+//!
+//! Subcommands:
+//!
+//! - `mock`: a mock model server (hyper, HTTP/1.1 keep-alive, `TCP_NODELAY`, one
+//!   current-thread runtime, every response body precomputed at start).
+//!   `POST /v1/chat/completions` answers an OpenAI `chat.completion` with token logprobs
+//!   (confidence = exp(mean logprob)); `POST /v1/classify` answers
+//!   `{"label", "probabilities", "model"}` (confidence = the largest probability).
+//!   Per request, header or query parameter (header wins), else the flag's default:
+//!   `x-size` / `?size=` — `0.8k`, `5k` or `50k` (response body size);
+//!   `x-hold-share` / `?hold=` — the share of answers whose confidence (0.5) falls below the
+//!   0.85 threshold, the rest are at 0.95; deterministic on a request counter
+//!   (0.1 = every 10th answer);
+//!   `x-delay-ms` / `?delay_ms=` — a fixed delay before answering.
+//!   `--stall` reproduces the 40 ms Nagle/delayed-ACK stall (no `TCP_NODELAY`, head and
+//!   body in two writes), to check that the driver catches it.
+//!   Prints `listening ADDR` on stdout.
+//!
+//! - `drive`: the load driver. Open loop (`--rate R`): request i is due at t0 + i/R, spread
+//!   over `--connections` keep-alive connections (request i on connection i mod C). A request
+//!   whose connection is still busy at its due time waits, and its latency counts from the
+//!   due time (coordinated omission corrected). When the connection was idle, latency counts
+//!   from the timer's wake-up instead, so the driver's 1 ms timer granularity is not charged
+//!   to the system under test (the timer lag is reported). Closed loop (`--rate 0`): each
+//!   connection sends back to back. HDR histograms; p50/p90/p99/p99.9, achieved rate, status
+//!   counts, and the review ids of 202 answers (`x-triage-review-id`, `--ids-out FILE`).
+//!
+//! - `run`: the whole comparison in one process. It pins itself (the driver) to CPU 1 and
+//!   starts the mock there; the proxies (nginx with one worker, triage with
+//!   `--worker-threads 1`) run under `taskset -c 0`. Targets: `direct` (to the mock), `nginx`
+//!   (plain reverse proxy, upstream keepalive 32; installed with apt when missing, skipped
+//!   with a note when it cannot be), `triage-pass` (every output passes), `triage-hold10`
+//!   (10 % held), `triage-hold100` (every output held: real RabbitMQ, publisher confirms),
+//!   each triage case its own process and queue. Bodies 0.8 KB and 50 KB for
+//!   direct/nginx/triage-pass (`--sizes 0.8k,5k,50k` adds 5 KB), 0.8 KB for the hold cases.
+//!   Rounds are interleaved (every target once per round), a shorter warm-up round first and
+//!   not reported. Per target and round: saturation req/s (closed loop, 32 connections); a
+//!   stall probe (one keep-alive connection at 100 req/s: nothing queues, so a p50 over
+//!   10 ms is a stall); p50/p99 at 1k and 5k req/s (open loop) and the latency added over
+//!   direct in the same round; CPU per request of the proxy process tree (utime+stime from
+//!   /proc/PID/stat, at saturation and at 5k req/s); confirmed holds/s. Per proxy process:
+//!   idle RSS, peak RSS (VmHWM), RSS with 1,000 open idle client connections (each sent one
+//!   request). Correctness: every 202's review id must be in the review queue (drained after
+//!   each round; missing must be 0). A fixed-rate p50 over 10 ms is flagged as a stall, or
+//!   as overload when the target cannot sustain that rate. Writes the Markdown table
+//!   (medians over rounds, ratios triage/nginx, the issue's goals, notes, per-round figures)
+//!   to `loadtest/results/latest.md` (`--out`) and stdout. Queues and exchanges get unique
+//!   names per run and are deleted afterwards. Needs RabbitMQ at `--amqp-url` (default
+//!   guest@127.0.0.1:5672) and a release build of triage (`--triage-bin`, default
+//!   `target/release/triage`). Knobs: `--rounds`, `--quick`, `--sat-secs`, `--fixed-secs`,
+//!   `--rates`, `--connections`, `--idle-conns`, `--no-nginx`, `--no-pin`.
+
+mod drive;
+mod mock;
+mod procs;
+mod report;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    about = "Mock model server, load driver and runner for triage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mock model server (chat completions with logprobs, classifier).
+    Mock(mock::MockArgs),
+    /// Load driver: open loop at a fixed rate, or closed loop to saturation.
+    Drive(drive::DriveArgs),
+    /// The interleaved comparison: direct, nginx, triage pass/10 % held/100 % held.
+    Run(run::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Mock(a) => mock::main(a),
+        Cmd::Drive(a) => drive::main(a),
+        Cmd::Run(a) => run::main(a),
+    };
+    if let Err(e) = result {
+        eprintln!("loadtest: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Errors are reported, not handled: a string is enough.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// A current-thread runtime: the load side must stay on one core.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))
+}
+
+/// Body sizes the mock serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Size {
+    S08k,
+    S5k,
+    S50k,
+}
+
+impl Size {
+    pub const ALL: [Size; 3] = [Size::S08k, Size::S5k, Size::S50k];
+
+    pub fn parse(s: &str) -> Option<Size> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "0.8k" | "0.8kb" | "800" | "0.8" => Some(Size::S08k),
+            "5k" | "5kb" | "5000" | "5" => Some(Size::S5k),
+            "50k" | "50kb" | "50000" | "50" => Some(Size::S50k),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Size::S08k => "0.8k",
+            Size::S5k => "5k",
+            Size::S50k => "50k",
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Size::S08k => 800,
+            Size::S5k => 5_000,
+            Size::S50k => 50_000,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size> {
+        Size::parse(s).ok_or_else(|| format!("unknown size {s:?}: 0.8k, 5k or 50k"))
+    }
+}
