@@ -64,7 +64,7 @@ fn prepare(args: &DemoArgs, dir: &Path, model: SocketAddr) -> Result<ServeArgs, 
     let review = if broker_reachable(&args.amqp_url) {
         format!(
             "review items go to RabbitMQ queue {q} (look: rabbitmqadmin get queue={q} count=5, or the management UI)",
-            q = args.review_queue
+            q = args.queues.review_queue
         )
     } else {
         format!(
@@ -101,10 +101,10 @@ fn serve_args(args: &DemoArgs, rules: &Path, spool: &Path) -> Result<ServeArgs, 
         flag("listen", &args.listen.to_string()),
         flag("admin-listen", &args.admin_listen.to_string()),
         flag("amqp-url", &args.amqp_url),
-        flag("review-exchange", &args.review_exchange),
-        flag("review-queue", &args.review_queue),
-        flag("verdict-exchange", &args.verdict_exchange),
-        flag("verdict-queue", &args.verdict_queue),
+        flag("review-exchange", &args.queues.review_exchange),
+        flag("review-queue", &args.queues.review_queue),
+        flag("verdict-exchange", &args.queues.verdict_exchange),
+        flag("verdict-queue", &args.queues.verdict_queue),
         flag("drain-delay-ms", &"0"),
         flag("shutdown-timeout-ms", &"2000"),
     ];

@@ -152,9 +152,9 @@ async fn run(
     metrics::rules_loaded(&rules.hash);
     let publisher = amqp::start(amqp::AmqpConfig {
         url: args.amqp_url.clone(),
-        review_exchange: args.review_exchange.clone(),
-        review_queue: args.review_queue.clone(),
-        verdict_exchange: args.verdict_exchange.clone(),
+        review_exchange: args.queues.review_exchange.clone(),
+        review_queue: args.queues.review_queue.clone(),
+        verdict_exchange: args.queues.verdict_exchange.clone(),
         confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
     });
     let rules = Arc::new(ArcSwap::from_pointee(rules));
@@ -169,8 +169,8 @@ async fn run(
     verdicts::start(
         verdicts::VerdictConfig {
             url: args.amqp_url.clone(),
-            exchange: args.verdict_exchange.clone(),
-            queue: args.verdict_queue.clone(),
+            exchange: args.queues.verdict_exchange.clone(),
+            queue: args.queues.verdict_queue.clone(),
         },
         rules.clone(),
     );

@@ -48,22 +48,8 @@ pub struct DemoArgs {
         hide_default_value = true
     )]
     pub amqp_url: String,
-    #[arg(long, env = "TRIAGE_REVIEW_EXCHANGE", default_value = "triage.review")]
-    pub review_exchange: String,
-    #[arg(long, env = "TRIAGE_REVIEW_QUEUE", default_value = "triage.review")]
-    pub review_queue: String,
-    #[arg(
-        long,
-        env = "TRIAGE_VERDICT_EXCHANGE",
-        default_value = "triage.verdicts"
-    )]
-    pub verdict_exchange: String,
-    #[arg(
-        long,
-        env = "TRIAGE_VERDICT_QUEUE",
-        default_value = "triage.verdicts.metrics"
-    )]
-    pub verdict_queue: String,
+    #[command(flatten)]
+    pub queues: Queues,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -95,22 +81,8 @@ pub struct ServeArgs {
     /// File holding the admin bearer token (or set TRIAGE_ADMIN_TOKEN to the token itself).
     #[arg(long, env = "TRIAGE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
-    #[arg(long, env = "TRIAGE_REVIEW_EXCHANGE", default_value = "triage.review")]
-    pub review_exchange: String,
-    #[arg(long, env = "TRIAGE_REVIEW_QUEUE", default_value = "triage.review")]
-    pub review_queue: String,
-    #[arg(
-        long,
-        env = "TRIAGE_VERDICT_EXCHANGE",
-        default_value = "triage.verdicts"
-    )]
-    pub verdict_exchange: String,
-    #[arg(
-        long,
-        env = "TRIAGE_VERDICT_QUEUE",
-        default_value = "triage.verdicts.metrics"
-    )]
-    pub verdict_queue: String,
+    #[command(flatten)]
+    pub queues: Queues,
     /// Largest request body accepted (413 beyond).
     #[arg(long, env = "TRIAGE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -169,6 +141,27 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "TRIAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The contract's RabbitMQ names, shared by `serve` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct Queues {
+    #[arg(long, env = "TRIAGE_REVIEW_EXCHANGE", default_value = "triage.review")]
+    pub review_exchange: String,
+    #[arg(long, env = "TRIAGE_REVIEW_QUEUE", default_value = "triage.review")]
+    pub review_queue: String,
+    #[arg(
+        long,
+        env = "TRIAGE_VERDICT_EXCHANGE",
+        default_value = "triage.verdicts"
+    )]
+    pub verdict_exchange: String,
+    #[arg(
+        long,
+        env = "TRIAGE_VERDICT_QUEUE",
+        default_value = "triage.verdicts.metrics"
+    )]
+    pub verdict_queue: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
