@@ -160,7 +160,7 @@ fn rules(admin: &Admin) -> Response<Body> {
                 .variants
                 .iter()
                 .map(|v| {
-                    let weight = f64::from(v.bucket_end - start) / 100.0;
+                    let weight = f64::from(v.buckets(start)) / 100.0;
                     start = v.bucket_end;
                     let guard = v.guard.as_ref().map(|g| {
                         let w = g.window();

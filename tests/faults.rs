@@ -22,12 +22,6 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn hold_rules(url: &str) -> String {
-    format!(
-        "version: 1\nupstreams: {{ llm: {{ url: \"{url}\" }} }}\ntasks:\n  - {{ name: t, upstream: llm, confidence: {{ source: json_pointer, pointer: /confidence }}, threshold: 0.5 }}\n"
-    )
-}
-
 async fn low_confidence_upstream() -> Upstream {
     Upstream::start(|_| Reply::json(json!({"answer": "maybe", "confidence": 0.1}))).await
 }
@@ -101,7 +95,7 @@ async fn through_relay(relay: &Relay, up: &Upstream, extra: &[&str]) -> Triage {
     let mut args = vec!["--publish-timeout-ms", "1000"];
     args.extend_from_slice(extra);
     Triage::start_with(
-        &hold_rules(&up.url()),
+        &one_task_rules(&up.url()),
         &args,
         &[("TRIAGE_AMQP_URL", &relay.url())],
     )
@@ -201,7 +195,7 @@ async fn a_full_queue_that_rejects_publishes_gets_spool_then_deliver_never_a_los
     .await
     .unwrap();
 
-    let t = Triage::spawn_named(&hold_rules(&up.url()), &[], &[], names).await;
+    let t = Triage::spawn_named(&one_task_rules(&up.url()), &[], &[], names).await;
     t.wait_ready().await;
     let c = client();
     let mut ids = Vec::new();
@@ -238,7 +232,7 @@ async fn kill_9_with_spooled_holds_then_restart_delivers_them_all() {
     let names = Names::unique();
     // No broker reachable: holds are spooled.
     let mut first = Triage::spawn_named(
-        &hold_rules(&up.url()),
+        &one_task_rules(&up.url()),
         &["--spool-dir", spool],
         &[("TRIAGE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")],
         names.same(),
@@ -265,8 +259,13 @@ async fn kill_9_with_spooled_holds_then_restart_delivers_them_all() {
     first.child.start_kill().unwrap();
     first.child.wait().await.unwrap();
 
-    let second =
-        Triage::spawn_named(&hold_rules(&up.url()), &["--spool-dir", spool], &[], names).await;
+    let second = Triage::spawn_named(
+        &one_task_rules(&up.url()),
+        &["--spool-dir", spool],
+        &[],
+        names,
+    )
+    .await;
     second.wait_ready().await;
     all_delivered(&second, &ids, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -289,7 +288,7 @@ async fn a_full_spool_fails_closed_and_a_broken_one_shows_in_readyz_and_metrics(
     let up = low_confidence_upstream().await;
     let no_broker = [("TRIAGE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")];
     let t = Triage::spawn(
-        &hold_rules(&up.url()),
+        &one_task_rules(&up.url()),
         &["--spool-max-bytes", "4000"],
         &no_broker,
     )
@@ -326,7 +325,7 @@ async fn a_full_spool_fails_closed_and_a_broken_one_shows_in_readyz_and_metrics(
     assert_eq!(ready["review_path"]["spool"]["available"], false);
 
     // A spool that cannot write: the segment it would create is a directory.
-    let t = Triage::spawn(&hold_rules(&up.url()), &[], &no_broker).await;
+    let t = Triage::spawn(&one_task_rules(&up.url()), &[], &no_broker).await;
     t.wait_durable().await;
     std::fs::create_dir(
         t.dir
@@ -355,7 +354,7 @@ async fn sigterm_under_load_fails_no_request_accepted_before_the_drain_ended() {
     })
     .await;
     let t = Triage::start_with(
-        &hold_rules(&up.url()),
+        &one_task_rules(&up.url()),
         &["--drain-delay-ms", "1000", "--shutdown-timeout-ms", "5000"],
         &[],
     )

@@ -629,10 +629,7 @@ tasks:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_20_mib_body_is_refused_with_413_while_the_sidecar_keeps_serving() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.99}))).await;
-    let rules = format!(
-        "version: 1\nupstreams: {{ llm: {{ url: \"{}\" }} }}\ntasks:\n  - {{ name: t, upstream: llm, confidence: {{ source: json_pointer, pointer: /confidence }}, threshold: 0.5 }}\n",
-        up.url()
-    );
+    let rules = one_task_rules(&up.url());
     let t = Triage::start(&rules).await;
     let c = client();
     let big = vec![b'a'; 20 * 1024 * 1024];
@@ -685,10 +682,7 @@ async fn a_20_mib_body_is_refused_with_413_while_the_sidecar_keeps_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_that_refuses_the_publish_gives_503_never_202() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.1}))).await;
-    let rules = format!(
-        "version: 1\nupstreams: {{ llm: {{ url: \"{}\" }} }}\ntasks:\n  - {{ name: t, upstream: llm, confidence: {{ source: json_pointer, pointer: /confidence }}, threshold: 0.5 }}\n",
-        up.url()
-    );
+    let rules = one_task_rules(&up.url());
     // No usable spool: the broker is the only way to make a hold durable.
     let t = Triage::start_with(&rules, &["--spool-dir", "/dev/null/spool"], &[]).await;
     let c = client();
@@ -802,10 +796,7 @@ tasks:
 #[tokio::test(flavor = "multi_thread")]
 async fn h2c_clients_are_served() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.9}))).await;
-    let rules = format!(
-        "version: 1\nupstreams: {{ llm: {{ url: \"{}\" }} }}\ntasks:\n  - {{ name: t, upstream: llm, confidence: {{ source: json_pointer, pointer: /confidence }}, threshold: 0.5 }}\n",
-        up.url()
-    );
+    let rules = one_task_rules(&up.url());
     let t = Triage::start(&rules).await;
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()

@@ -191,6 +191,13 @@ pub async fn closing_upstream() -> SocketAddr {
 // ---------------------------------------------------------------------------------------
 // Model responses
 
+/// Rules with one catch-all task `t` on upstream `url`: confidence at `/confidence`, 0.5.
+pub fn one_task_rules(url: &str) -> String {
+    format!(
+        "version: 1\nupstreams: {{ llm: {{ url: \"{url}\" }} }}\ntasks:\n  - {{ name: t, upstream: llm, confidence: {{ source: json_pointer, pointer: /confidence }}, threshold: 0.5 }}\n"
+    )
+}
+
 /// An OpenAI-style chat completion whose token logprobs all equal `ln(confidence)`.
 pub fn chat_completion(model: &str, confidence: f64) -> serde_json::Value {
     let lp = confidence.ln();
