@@ -2,13 +2,12 @@
 //!
 //! A task compiles every JSON pointer it reads from a response (confidence, reported model
 //! version, token usage, refusal markers) into one [`Probe`]: a small tree of path steps.
-//! [`Probe::run`] walks the body once with serde, descending only where the tree has a
-//! branch and skipping everything else with `IgnoredAny`, so a 50 KB completion never becomes
-//! a `serde_json::Value`. Pure: no I/O, no shared state.
+//! [`Probe::run`] walks the body once with a validating scanner of its own, descending only
+//! where the tree has a branch and stepping over everything else without decoding it: a 50 KB
+//! completion never becomes a `serde_json::Value`, and its skipped strings and numbers are
+//! checked but never built. Pure: no I/O, no shared state.
 
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
 
 /// One step of a compiled path.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,20 +178,36 @@ impl Probe {
     /// Walk `body` once and return one [`Found`] per slot.
     pub fn run(&self, body: &[u8]) -> Result<Vec<Found>, NotJson> {
         let mut out = vec![Found::Absent; self.slots];
-        let mut de = serde_json::Deserializer::from_slice(body);
-        Walk {
-            node: &self.root,
+        let mut scan = Scan {
+            b: body,
+            i: 0,
+            depth: 0,
             out: &mut out,
+        };
+        scan.ws();
+        scan.value(&self.root)?;
+        scan.ws();
+        if scan.i != body.len() {
+            return Err(NotJson);
         }
-        .deserialize(&mut de)
-        .map_err(|_| NotJson)?;
-        de.end().map_err(|_| NotJson)?;
         Ok(out)
     }
 }
 
-struct Walk<'p, 'o> {
-    node: &'p Node,
+/// Nesting deeper than this is refused, as serde_json refuses it: a body cannot make the
+/// scanner recurse without bound.
+const MAX_DEPTH: u32 = 127;
+
+/// A validating single-pass JSON scanner over a byte slice.
+///
+/// It accepts what serde_json's `from_slice` accepts, with one difference kept on purpose:
+/// strings it skips are checked for structure (quotes, escapes, control characters) but not
+/// for UTF-8, like serde_json's own `IgnoredAny`; keys and strings it extracts are checked.
+/// Numbers are parsed only where a slot wants them; elsewhere their grammar is checked.
+struct Scan<'b, 'o> {
+    b: &'b [u8],
+    i: usize,
+    depth: u32,
     out: &'o mut [Found],
 }
 
@@ -203,9 +218,38 @@ enum Scalar<'a> {
     Other,
 }
 
-impl Walk<'_, '_> {
-    fn put(&mut self, value: Scalar<'_>) {
-        let Some((slot, kind)) = self.node.slot else {
+/// A string's raw span (between the quotes) and whether it holds escapes.
+struct Span {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+impl Scan<'_, '_> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    #[inline]
+    fn eat(&mut self, byte: u8) -> Result<(), NotJson> {
+        if self.peek() == Some(byte) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(NotJson)
+        }
+    }
+
+    fn put(&mut self, node: &Node, value: Scalar<'_>) {
+        let Some((slot, kind)) = node.slot else {
             return;
         };
         let Some(cell) = self.out.get_mut(slot) else {
@@ -227,122 +271,367 @@ impl Walk<'_, '_> {
             },
         }
     }
-}
 
-impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(mut self, _: bool) -> Result<(), E> {
-        self.put(Scalar::Other);
-        Ok(())
-    }
-
-    fn visit_i64<E>(mut self, v: i64) -> Result<(), E> {
-        self.put(Scalar::Num(v as f64));
-        Ok(())
-    }
-
-    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
-        self.put(Scalar::Num(v as f64));
-        Ok(())
-    }
-
-    fn visit_f64<E>(mut self, v: f64) -> Result<(), E> {
-        self.put(Scalar::Num(v));
-        Ok(())
-    }
-
-    fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
-        self.put(Scalar::Str(v));
-        Ok(())
-    }
-
-    fn visit_unit<E>(mut self) -> Result<(), E> {
-        self.put(Scalar::Null);
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        self.put(Scalar::Other);
-        let children = &self.node.children;
-        while let Some(hit) = map.next_key_seed(KeyMatch(children))? {
-            match hit.and_then(|i| children.get(i)) {
-                Some((_, child)) => map.next_value_seed(Walk {
-                    node: child,
-                    out: &mut *self.out,
-                })?,
-                None => {
-                    map.next_value::<IgnoredAny>()?;
+    /// One value where the probe has a node: descend where it branches, record its slot.
+    fn value(&mut self, node: &Node) -> Result<(), NotJson> {
+        if node.slot.is_none() && node.children.is_empty() {
+            return self.skip();
+        }
+        match self.peek().ok_or(NotJson)? {
+            b'{' => {
+                self.put(node, Scalar::Other);
+                self.object(Some(node))
+            }
+            b'[' => {
+                self.put(node, Scalar::Other);
+                self.array(Some(node))
+            }
+            b'"' => {
+                let span = self.string()?;
+                if matches!(node.slot, Some((_, Kind::One))) {
+                    let text = text(self.b, &span)?;
+                    self.put(node, Scalar::Str(&text));
+                } else {
+                    self.put(node, Scalar::Other);
                 }
+                Ok(())
+            }
+            b't' | b'f' => {
+                self.literal()?;
+                self.put(node, Scalar::Other);
+                Ok(())
+            }
+            b'n' => {
+                self.literal()?;
+                self.put(node, Scalar::Null);
+                Ok(())
+            }
+            _ => {
+                let (start, end) = self.number()?;
+                if node.slot.is_some() {
+                    let n = parse_number(self.b.get(start..end).ok_or(NotJson)?)?;
+                    self.put(node, Scalar::Num(n));
+                }
+                Ok(())
             }
         }
+    }
+
+    /// One value nothing is wanted from: checked and stepped over.
+    fn skip(&mut self) -> Result<(), NotJson> {
+        match self.peek().ok_or(NotJson)? {
+            b'{' => self.object(None),
+            b'[' => self.array(None),
+            b'"' => self.string().map(drop),
+            b't' | b'f' | b'n' => self.literal(),
+            _ => self.number().map(drop),
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), NotJson> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        self.ws();
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        self.put(Scalar::Other);
-        let children = &self.node.children;
-        let mut i = 0usize;
+    fn object(&mut self, node: Option<&Node>) -> Result<(), NotJson> {
+        self.enter()?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(NotJson);
+            }
+            let key = self.string()?;
+            let child = match node {
+                Some(node) if !node.children.is_empty() => self.find_child(node, &key)?,
+                _ => None,
+            };
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            match child {
+                Some(child) => self.value(child)?,
+                None => self.skip()?,
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(NotJson),
+            }
+        }
+    }
+
+    fn array(&mut self, node: Option<&Node>) -> Result<(), NotJson> {
+        self.enter()?;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        let mut index = 0usize;
         loop {
             // An element can match one branch: `Each` or its own index, whichever comes first.
-            let child = children.iter().find_map(|(step, child)| match step {
-                Step::Each => Some(child),
-                Step::Token { index, .. } if *index == Some(i) => Some(child),
-                Step::Token { .. } => None,
+            let child = node.and_then(|node| {
+                node.children.iter().find_map(|(step, child)| match step {
+                    Step::Each => Some(child),
+                    Step::Token { index: Some(i), .. } if *i == index => Some(child),
+                    Step::Token { .. } => None,
+                })
             });
-            let more = match child {
-                Some(node) => seq
-                    .next_element_seed(Walk {
-                        node,
-                        out: &mut *self.out,
-                    })?
-                    .is_some(),
-                None => seq.next_element::<IgnoredAny>()?.is_some(),
-            };
-            if !more {
-                return Ok(());
+            match child {
+                Some(child) => self.value(child)?,
+                None => self.skip()?,
             }
-            i += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                    index += 1;
+                }
+                Some(b']') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(NotJson),
+            }
+        }
+    }
+
+    /// The child a key leads to. Keys are compared as raw bytes when they hold no escape.
+    fn find_child<'n>(&self, node: &'n Node, key: &Span) -> Result<Option<&'n Node>, NotJson> {
+        let raw = self.b.get(key.start..key.end).ok_or(NotJson)?;
+        let decoded;
+        let key: &[u8] = if key.escaped || !raw.is_ascii() {
+            decoded = text(self.b, key)?;
+            decoded.as_bytes()
+        } else {
+            raw
+        };
+        Ok(node.children.iter().find_map(|(step, child)| match step {
+            Step::Token { key: k, .. } if k.as_bytes() == key => Some(child),
+            _ => None,
+        }))
+    }
+
+    /// Step over a string (at its opening quote); return its raw span.
+    fn string(&mut self) -> Result<Span, NotJson> {
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            self.i = find_string_special(self.b, self.i);
+            match self.peek().ok_or(NotJson)? {
+                b'"' => {
+                    let end = self.i;
+                    self.i += 1;
+                    return Ok(Span {
+                        start,
+                        end,
+                        escaped,
+                    });
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.i += 1;
+                    match self.peek().ok_or(NotJson)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 1..self.i + 5).ok_or(NotJson)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(NotJson);
+                            }
+                            self.i += 5;
+                        }
+                        _ => return Err(NotJson),
+                    }
+                }
+                // A control character: JSON wants it escaped.
+                _ => return Err(NotJson),
+            }
+        }
+    }
+
+    fn literal(&mut self) -> Result<(), NotJson> {
+        let rest = self.b.get(self.i..).unwrap_or_default();
+        let len = [&b"true"[..], b"false", b"null"]
+            .into_iter()
+            .find(|word| rest.starts_with(word))
+            .ok_or(NotJson)?
+            .len();
+        self.i += len;
+        Ok(())
+    }
+
+    /// Step over a number, checking RFC 8259's grammar; return its span.
+    fn number(&mut self) -> Result<(usize, usize), NotJson> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(NotJson),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.digits1()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.digits1()?;
+        }
+        Ok((start, self.i))
+    }
+
+    #[inline]
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn digits1(&mut self) -> Result<(), NotJson> {
+        let start = self.i;
+        self.digits();
+        if self.i == start {
+            Err(NotJson)
+        } else {
+            Ok(())
         }
     }
 }
 
-/// Matches an object key against a node's children without allocating.
-struct KeyMatch<'p>(&'p [(Step, Node)]);
+/// A string's text, unescaped and checked for UTF-8.
+fn text<'b>(b: &'b [u8], span: &Span) -> Result<Cow<'b, str>, NotJson> {
+    let raw = b.get(span.start..span.end).ok_or(NotJson)?;
+    if !span.escaped {
+        return std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| NotJson);
+    }
+    unescape(raw).map(Cow::Owned)
+}
 
-impl<'de> DeserializeSeed<'de> for KeyMatch<'_> {
-    type Value = Option<usize>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
+/// A number already checked against JSON's grammar. Out of `f64`'s range is refused, as
+/// serde_json refuses it.
+fn parse_number(raw: &[u8]) -> Result<f64, NotJson> {
+    let text = std::str::from_utf8(raw).map_err(|_| NotJson)?;
+    match text.parse::<f64>() {
+        Ok(n) if n.is_finite() => Ok(n),
+        _ => Err(NotJson),
     }
 }
 
-impl Visitor<'_> for KeyMatch<'_> {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object key")
+/// The index of the first `"`, `\` or control character at or after `i` (or the end).
+/// Eight bytes at a time: string bodies are long runs of plain bytes.
+#[inline]
+fn find_string_special(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        // The classic "has a byte below n" / "has a zero byte" tricks, per byte: below 0x20,
+        // or equal to '"' (zero after xor), or equal to '\\'. `& !v` drops bytes >= 0x80;
+        // the xors keep the high bit as it was ('"' and '\\' are ASCII), so one mask serves
+        // all three. Borrows only carry upwards: the lowest flagged byte is a true hit.
+        let quote = v ^ (ONES * u64::from(b'"'));
+        let slash = v ^ (ONES * u64::from(b'\\'));
+        let hit =
+            (v.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | slash.wrapping_sub(ONES))
+                & !v
+                & HIGH;
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
     }
-
-    fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self
-            .0
-            .iter()
-            .position(|(step, _)| matches!(step, Step::Token { key, .. } if &**key == v)))
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
     }
+    i
+}
+
+/// Decode a string's escapes (span already checked by [`Scan::string`]). Lone surrogates
+/// are refused, as serde_json refuses them in a string it returns.
+fn unescape(raw: &[u8]) -> Result<String, NotJson> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&c) = raw.get(i) {
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let esc = raw.get(i + 1).copied().ok_or(NotJson)?;
+        i += 2;
+        let byte = match esc {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let hi = hex4(raw, i)?;
+                i += 4;
+                let c = if (0xD800..0xDC00).contains(&hi) {
+                    if raw.get(i..i + 2) != Some(b"\\u") {
+                        return Err(NotJson);
+                    }
+                    let lo = hex4(raw, i + 2)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err(NotJson);
+                    }
+                    i += 6;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                let c = char::from_u32(c).ok_or(NotJson)?;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+            _ => return Err(NotJson),
+        };
+        out.push(byte);
+    }
+    String::from_utf8(out).map_err(|_| NotJson)
+}
+
+fn hex4(raw: &[u8], i: usize) -> Result<u32, NotJson> {
+    let digits = raw.get(i..i + 4).ok_or(NotJson)?;
+    let text = std::str::from_utf8(digits).map_err(|_| NotJson)?;
+    u32::from_str_radix(text, 16).map_err(|_| NotJson)
 }
 
 #[cfg(test)]
@@ -462,5 +751,282 @@ data: [DONE]\n\n";
                 index: None
             }]
         );
+    }
+
+    // ---- The scanner against serde_json, the reference it must agree with ----
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// What the probe must find for `steps`, computed on a parsed `Value`.
+    fn oracle(doc: &Value, steps: &[Step], kind: Kind) -> Found {
+        fn walk<'v>(v: &'v Value, steps: &[Step], hits: &mut Vec<&'v Value>) {
+            let Some((step, rest)) = steps.split_first() else {
+                hits.push(v);
+                return;
+            };
+            match (step, v) {
+                (Step::Each, Value::Array(items)) => {
+                    items.iter().for_each(|item| walk(item, rest, hits))
+                }
+                (Step::Token { key, .. }, Value::Object(map)) => {
+                    if let Some(child) = map.get(&**key) {
+                        walk(child, rest, hits)
+                    }
+                }
+                (Step::Token { index: Some(i), .. }, Value::Array(items)) => {
+                    if let Some(child) = items.get(*i) {
+                        walk(child, rest, hits)
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut hits = Vec::new();
+        walk(doc, steps, &mut hits);
+        let scalar = |v: &Value| match v {
+            Value::Number(n) => Found::Number(n.as_f64().unwrap()),
+            Value::String(s) => Found::Str(s.as_str().into()),
+            Value::Null => Found::Null,
+            _ => Found::Other,
+        };
+        match kind {
+            Kind::One => hits.last().map_or(Found::Absent, |v| scalar(v)),
+            Kind::Many if hits.is_empty() => Found::Absent,
+            Kind::Many => hits
+                .iter()
+                .map(|v| v.as_f64())
+                .collect::<Option<Vec<f64>>>()
+                .map_or(Found::NotNumbers, Found::Numbers),
+        }
+    }
+
+    /// Numbers may differ in the last bit: serde_json's default float parsing is not always
+    /// correctly rounded, the scanner's (`str::parse`) is.
+    fn same(a: &Found, b: &Found) -> bool {
+        let close = |x: f64, y: f64| x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs());
+        match (a, b) {
+            (Found::Number(x), Found::Number(y)) => close(*x, *y),
+            (Found::Numbers(x), Found::Numbers(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(*x, *y))
+            }
+            _ => a == b,
+        }
+    }
+
+    fn paths() -> Vec<(Vec<Step>, Kind)> {
+        let each = |p: &str, tail: &[&str]| {
+            let mut s = steps(p);
+            s.push(Step::Each);
+            s.extend(tail.iter().map(|t| Step::token(t)));
+            s
+        };
+        vec![
+            (steps("/confidence"), Kind::One),
+            (steps("/model"), Kind::One),
+            (steps("/a/0/b"), Kind::One),
+            (steps("/a/b~1c"), Kind::One),
+            (steps("/é"), Kind::One),
+            (steps("/choices/0/logprobs"), Kind::One),
+            (
+                each("/choices/0/logprobs/content", &["logprob"]),
+                Kind::Many,
+            ),
+            (each("/probabilities", &[]), Kind::Many),
+            (each("/a", &["b"]), Kind::Many),
+        ]
+    }
+
+    fn probe_for(paths: &[(Vec<Step>, Kind)]) -> (Probe, Vec<usize>) {
+        let mut probe = Probe::default();
+        let slots = paths.iter().map(|(s, k)| probe.add(s, *k)).collect();
+        (probe, slots)
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            // Escapes, quotes, control characters, non-ASCII, astral plane.
+            "(\\PC|[\"\\\\/\u{0}-\u{1f}é€😀]){0,12}".prop_map(Value::String),
+        ];
+        let key = prop_oneof![
+            Just("choices".to_string()),
+            Just("0".to_string()),
+            Just("logprobs".to_string()),
+            Just("content".to_string()),
+            Just("logprob".to_string()),
+            Just("confidence".to_string()),
+            Just("probabilities".to_string()),
+            Just("model".to_string()),
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("b/c".to_string()),
+            Just("é".to_string()),
+            "(\\PC|[\"\\\\\n]){0,4}",
+        ];
+        leaf.prop_recursive(6, 128, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// On any document serde_json writes (compact or pretty), the probe finds exactly
+        /// what a walk over the parsed `Value` finds.
+        #[test]
+        fn agrees_with_serde_json_on_documents(doc in json(), pretty in any::<bool>()) {
+            let body = if pretty {
+                serde_json::to_vec_pretty(&doc).unwrap()
+            } else {
+                serde_json::to_vec(&doc).unwrap()
+            };
+            let paths = paths();
+            let (probe, slots) = probe_for(&paths);
+            let found = probe.run(&body).unwrap();
+            for ((steps, kind), slot) in paths.iter().zip(slots) {
+                let want = oracle(&doc, steps, *kind);
+                prop_assert!(same(&found[slot], &want), "{steps:?}: {:?} vs {want:?}", found[slot]);
+            }
+        }
+
+        /// On damaged bytes: what serde_json parses, the probe parses the same; what
+        /// serde_json refuses even to skip, the probe refuses.
+        #[test]
+        fn agrees_with_serde_json_on_damaged_bytes(
+            doc in json(),
+            cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let mut body = serde_json::to_vec(&doc).unwrap();
+            for (at, byte) in cuts {
+                if body.is_empty() { break; }
+                let i = at.index(body.len());
+                match byte % 3 {
+                    0 => body[i] = byte,
+                    1 => { body.remove(i); }
+                    _ => body.insert(i, b"{}[]\",:0-e.\\u"[usize::from(byte) % 13]),
+                }
+            }
+            let paths = paths();
+            let (probe, slots) = probe_for(&paths);
+            let ours = probe.run(&body);
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(doc) => {
+                    let found = ours.unwrap();
+                    for ((steps, kind), slot) in paths.iter().zip(slots) {
+                        let want = oracle(&doc, steps, *kind);
+                        prop_assert!(same(&found[slot], &want), "{steps:?}");
+                    }
+                }
+                Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() => {
+                    prop_assert_eq!(ours, Err(NotJson));
+                }
+                // Well-formed but not a `Value` (invalid UTF-8 in a string, a lone
+                // surrogate escape, a duplicate key's order): either answer is fine.
+                Err(_) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_follow_json_grammar() {
+        let mut probe = Probe::default();
+        let slot = probe.add(&steps("/n"), Kind::One);
+        for ok in [
+            "0",
+            "-0",
+            "1.5",
+            "-1e3",
+            "1E+2",
+            "2e-2",
+            "12345678901234567890123",
+        ] {
+            let body = format!(r#"{{"n":{ok}}}"#);
+            let want: f64 = ok.parse().unwrap();
+            assert_eq!(
+                probe.run(body.as_bytes()).unwrap()[slot],
+                Found::Number(want),
+                "{ok}"
+            );
+            // And skipped where no slot wants it.
+            let body = format!(r#"{{"x":{ok},"n":1}}"#);
+            assert!(probe.run(body.as_bytes()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "01", "+1", "1.", ".5", "1e", "-", "1e400", "NaN", "Infinity", "0x1", "1.e3",
+        ] {
+            let body = format!(r#"{{"n":{bad}}}"#);
+            assert_eq!(probe.run(body.as_bytes()), Err(NotJson), "{bad}");
+            assert!(
+                serde_json::from_slice::<Value>(body.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn strings_and_escapes() {
+        let mut probe = Probe::default();
+        let slot = probe.add(&steps("/s"), Kind::One);
+        let cases: [(&[u8], Option<&str>); 8] = [
+            (br#"{"s":"a\"b\\c\/\n\u00e9"}"#, Some("a\"b\\c/\né")),
+            (br#"{"s":"\ud83d\ude00"}"#, Some("😀")),
+            (br#"{"s":"\ud83d"}"#, None),
+            (br#"{"s":"\x"}"#, None),
+            (br#"{"s":"\u12"}"#, None),
+            (b"{\"s\":\"a\nb\"}", None),
+            (b"{\"s\":\"\xff\"}", None),
+            (
+                br#"{"\u0073":"by an escaped key"}"#,
+                Some("by an escaped key"),
+            ),
+        ];
+        for (body, want) in cases {
+            let got = probe.run(body).map(|f| f[slot].clone());
+            assert_eq!(
+                got,
+                want.map(|w| Found::Str(w.into())).ok_or(NotJson),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Skipped strings are checked for structure, not for UTF-8 (as serde's IgnoredAny).
+        assert!(probe.run(b"{\"x\":\"\xff\",\"s\":\"ok\"}").is_ok());
+        assert_eq!(probe.run(b"{\"x\":\"a\x01\"}"), Err(NotJson));
+    }
+
+    #[test]
+    fn nesting_is_capped_like_serde_json() {
+        let probe = probe_for(&paths()).0;
+        for depth in [1usize, 64, 127, 128, 129, 100_000] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let serde = serde_json::from_str::<Value>(&body).is_ok();
+            assert_eq!(probe.run(body.as_bytes()).is_ok(), serde, "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn plain_string_bytes_are_found_at_every_offset() {
+        // The eight-bytes-at-a-time search must see a special byte in any lane.
+        for len in 0..40 {
+            for special in [b'"', b'\\', 0x00, 0x1f] {
+                let mut s = vec![b'a'; len];
+                s.push(special);
+                s.extend_from_slice(b"tail");
+                assert_eq!(find_string_special(&s, 0), len, "{len} {special:#x}");
+            }
+            let s = vec![0xe9u8; len];
+            assert_eq!(find_string_special(&s, 0), len, "non-ASCII is plain");
+        }
     }
 }
