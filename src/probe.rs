@@ -328,6 +328,17 @@ impl Scan<'_, '_> {
         }
     }
 
+    /// [`Scan::skip`] with numbers and strings, most of what is skipped, stepped over in
+    /// line; containers and literals take the call.
+    #[inline(always)]
+    fn skip_inline(&mut self) -> Result<(), NotJson> {
+        match self.peek().ok_or(NotJson)? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => self.skip(),
+        }
+    }
+
     fn enter(&mut self) -> Result<(), NotJson> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
@@ -359,7 +370,7 @@ impl Scan<'_, '_> {
             self.ws();
             match child {
                 Some(child) => self.value(child)?,
-                None => self.skip()?,
+                None => self.skip_inline()?,
             }
             self.ws();
             match self.peek() {
@@ -396,7 +407,7 @@ impl Scan<'_, '_> {
             });
             match child {
                 Some(child) => self.value(child)?,
-                None => self.skip()?,
+                None => self.skip_inline()?,
             }
             self.ws();
             match self.peek() {
@@ -432,6 +443,7 @@ impl Scan<'_, '_> {
     }
 
     /// Step over a string (at its opening quote); return its raw span.
+    #[inline(always)]
     fn string(&mut self) -> Result<Span, NotJson> {
         self.i += 1;
         let start = self.i;
@@ -481,6 +493,7 @@ impl Scan<'_, '_> {
     }
 
     /// Step over a number, checking RFC 8259's grammar; return its span.
+    #[inline(always)]
     fn number(&mut self) -> Result<(usize, usize), NotJson> {
         let start = self.i;
         if self.peek() == Some(b'-') {
@@ -537,11 +550,66 @@ fn text<'b>(b: &'b [u8], span: &Span) -> Result<Cow<'b, str>, NotJson> {
 /// A number already checked against JSON's grammar. Out of `f64`'s range is refused, as
 /// serde_json refuses it.
 fn parse_number(raw: &[u8]) -> Result<f64, NotJson> {
+    if let Some(n) = exact_number(raw) {
+        return Ok(n);
+    }
     let text = std::str::from_utf8(raw).map_err(|_| NotJson)?;
     match text.parse::<f64>() {
         Ok(n) if n.is_finite() => Ok(n),
         _ => Err(NotJson),
     }
+}
+
+/// Clinger's fast path: a number whose digits fit in 53 bits and whose decimal exponent is
+/// at most 22 either way is one exact multiplication or division of two exact doubles, so
+/// the result is correctly rounded. Most model outputs (`-0.0812345678901234`) take it; the
+/// rest go to `str::parse`. `raw` is already checked against JSON's grammar.
+fn exact_number(raw: &[u8]) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let (negative, digits) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, raw),
+    };
+    let mut mantissa: u64 = 0;
+    let mut exponent: i64 = 0;
+    let mut fraction = false;
+    let mut bytes = digits.iter();
+    while let Some(&c) = bytes.next() {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                exponent -= i64::from(fraction);
+            }
+            b'.' => fraction = true,
+            _ => {
+                // 'e' or 'E', then an optional sign and at least one digit.
+                let rest = bytes.as_slice();
+                let (sign, rest) = match rest.split_first() {
+                    Some((b'-', r)) => (-1, r),
+                    Some((b'+', r)) => (1, r),
+                    _ => (1, rest),
+                };
+                if rest.len() > 4 {
+                    return None;
+                }
+                let e = rest
+                    .iter()
+                    .fold(0i64, |acc, d| acc * 10 + i64::from(d.wrapping_sub(b'0')));
+                exponent += sign * e;
+                break;
+            }
+        }
+    }
+    if mantissa > 1 << 53 {
+        return None;
+    }
+    let m = mantissa as f64;
+    let power = *POW10.get(exponent.unsigned_abs() as usize)?;
+    let value = if exponent >= 0 { m * power } else { m / power };
+    Some(if negative { -value } else { value })
 }
 
 /// The index of the first `"`, `\` or control character at or after `i` (or the end).
@@ -935,6 +1003,32 @@ data: [DONE]\n\n";
                 // surrogate escape, a duplicate key's order): either answer is fine.
                 Err(_) => {}
             }
+        }
+    }
+
+    proptest! {
+        /// The fast path is exact: whenever it answers, it answers what `str::parse` does.
+        #[test]
+        fn exact_numbers_match_str_parse(
+            negative in any::<bool>(),
+            int in "0|[1-9][0-9]{0,19}",
+            frac in proptest::option::of("[0-9]{1,20}"),
+            exp in proptest::option::of(-40i32..40),
+        ) {
+            let mut text = format!("{}{int}", if negative { "-" } else { "" });
+            if let Some(f) = frac { text.push('.'); text.push_str(&f); }
+            if let Some(e) = exp { text.push_str(&format!("e{e}")); }
+            let want: f64 = text.parse().unwrap();
+            if let Some(got) = exact_number(text.as_bytes()) {
+                prop_assert_eq!(got.to_bits(), want.to_bits(), "{}", text);
+            }
+            prop_assert_eq!(parse_number(text.as_bytes()).ok(), want.is_finite().then_some(want));
+        }
+
+        #[test]
+        fn every_written_double_reads_back(f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+            let text = serde_json::to_string(&f).unwrap();
+            prop_assert_eq!(parse_number(text.as_bytes()).unwrap().to_bits(), f.to_bits(), "{}", text);
         }
     }
 
