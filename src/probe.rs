@@ -194,6 +194,12 @@ impl Probe {
     }
 }
 
+/// Whether `body` is one JSON value in valid UTF-8: what can be embedded byte for byte in
+/// another JSON document. The same checks as [`Probe::run`], plus UTF-8 everywhere.
+pub fn is_json(body: &[u8]) -> bool {
+    Probe::default().run(body).is_ok() && std::str::from_utf8(body).is_ok()
+}
+
 /// Nesting deeper than this is refused, as serde_json refuses it: a body cannot make the
 /// scanner recurse without bound.
 const MAX_DEPTH: u32 = 127;

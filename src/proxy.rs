@@ -511,16 +511,27 @@ fn held(
     version: Option<HeaderValue>,
     review_id: &str,
 ) -> Response<Body> {
-    let body = serde_json::json!({
-        "status": "pending_review",
-        "review_id": review_id,
-        "task": &*task.name,
-        "variant": &*variant.name,
-        "reason": reason.as_str(),
-        "confidence": confidence,
-        "threshold": variant.policy.threshold,
-    });
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    #[derive(serde::Serialize)]
+    struct Pending<'a> {
+        status: &'static str,
+        review_id: &'a str,
+        task: &'a str,
+        variant: &'a str,
+        reason: &'static str,
+        confidence: Option<f64>,
+        threshold: f64,
+    }
+    let body = serde_json::to_vec(&Pending {
+        status: "pending_review",
+        review_id,
+        task: &task.name,
+        variant: &variant.name,
+        reason: reason.as_str(),
+        confidence,
+        threshold: variant.policy.threshold,
+    })
+    .unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
     headers.insert(

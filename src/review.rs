@@ -49,48 +49,36 @@ pub struct ReviewInput<'a> {
     pub trace_id: &'a str,
 }
 
-#[derive(Serialize)]
-struct Message<'a> {
-    schema: &'static str,
-    review_id: &'a str,
-    created_at: String,
-    task: &'a str,
-    variant: &'a str,
-    reason: &'static str,
-    disposition: Disposition,
-    confidence: Option<f64>,
-    confidence_source: &'static str,
-    threshold: f64,
-    model: Model<'a>,
-    request: RequestPart<'a>,
-    response: ResponsePart,
-    trace_id: &'a str,
-}
-
-#[derive(Serialize)]
-struct Model<'a> {
-    pinned: Option<&'a str>,
-    reported: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct RequestPart<'a> {
-    method: &'a str,
-    path: &'a str,
-    headers: BTreeMap<&'a str, &'a str>,
-    body: Value,
-}
-
-#[derive(Serialize)]
-struct ResponsePart {
-    status: u16,
-    body: Value,
-}
-
-/// Encode the review item as the JSON message body.
+/// Encode the review item as the JSON message body, by hand: a body that is JSON goes in
+/// byte for byte (no parse into a `Value` and back), unless it has pointers to redact.
 pub fn encode(input: &ReviewInput<'_>) -> Vec<u8> {
-    let headers = input
-        .task
+    let (task, variant) = (input.task, input.variant);
+    let mut out = Vec::with_capacity(768 + input.request_body.len() + input.response_body.len());
+    let mut w = Writer(&mut out);
+    w.open();
+    w.field("schema", &SCHEMA);
+    w.field("review_id", &input.review_id);
+    w.field(
+        "created_at",
+        &humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    );
+    w.field("task", &&*task.name);
+    w.field("variant", &&*variant.name);
+    w.field("reason", &input.reason.as_str());
+    w.field("disposition", &input.disposition);
+    w.field("confidence", &input.confidence);
+    w.field("confidence_source", &task.extractor.source_name());
+    w.field("threshold", &variant.policy.threshold);
+    w.key("model");
+    w.open();
+    w.field("pinned", &variant.version.as_deref());
+    w.field("reported", &input.reported_version);
+    w.close();
+    w.key("request");
+    w.open();
+    w.field("method", &input.request.method.as_str());
+    w.field("path", &input.request.uri.path());
+    let headers: BTreeMap<&str, &str> = task
         .review_headers
         .iter()
         .filter_map(|name| {
@@ -98,38 +86,86 @@ pub fn encode(input: &ReviewInput<'_>) -> Vec<u8> {
             Some((name.as_str(), value))
         })
         .collect();
-    let item = Message {
-        schema: SCHEMA,
-        review_id: input.review_id,
-        created_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        task: &input.task.name,
-        variant: &input.variant.name,
-        reason: input.reason.as_str(),
-        disposition: input.disposition,
-        confidence: input.confidence,
-        confidence_source: input.task.extractor.source_name(),
-        threshold: input.variant.policy.threshold,
-        model: Model {
-            pinned: input.variant.version.as_deref(),
-            reported: input.reported_version,
-        },
-        request: RequestPart {
-            method: input.request.method.as_str(),
-            path: input.request.uri.path(),
-            headers,
-            body: embed(input.request_body, &input.task.redact),
-        },
-        response: ResponsePart {
-            status: input.response_status,
-            body: embed(input.response_body, &input.task.redact),
-        },
-        trace_id: input.trace_id,
-    };
-    // Serializing plain data into a Vec cannot fail; fall back to an empty object regardless.
-    serde_json::to_vec(&item).unwrap_or_else(|_| b"{}".to_vec())
+    w.field("headers", &headers);
+    w.key("body");
+    w.embed(input.request_body, &task.redact);
+    w.close();
+    w.key("response");
+    w.open();
+    w.field("status", &input.response_status);
+    w.key("body");
+    w.embed(input.response_body, &task.redact);
+    w.close();
+    w.field("trace_id", &input.trace_id);
+    w.close();
+    out
 }
 
-/// A body as JSON when it parses, else as a (lossy UTF-8) string; redacted either way.
+/// Appends a JSON object's pieces; tracks only whether a comma is due.
+struct Writer<'o>(&'o mut Vec<u8>);
+
+impl Writer<'_> {
+    fn open(&mut self) {
+        self.0.push(b'{');
+    }
+
+    fn close(&mut self) {
+        self.0.push(b'}');
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.0.last() != Some(&b'{') {
+            self.0.push(b',');
+        }
+        self.value(&key);
+        self.0.push(b':');
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        self.key(key);
+        self.value(value);
+    }
+
+    fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
+        // Writing plain data (strings, numbers, string maps) into a Vec cannot fail; should
+        // it ever, a `null` keeps the document well-formed.
+        let mark = self.0.len();
+        if serde_json::to_writer(&mut *self.0, value).is_err() {
+            self.0.truncate(mark);
+            self.0.extend_from_slice(b"null");
+        }
+    }
+
+    /// A body as JSON when it is JSON (verbatim where it can be, else through a `Value`,
+    /// redacted), else as a (lossy UTF-8) string.
+    fn embed(&mut self, body: &[u8], redact: &[String]) {
+        if redact.is_empty() && verbatim(body) {
+            self.0.extend_from_slice(body);
+        } else {
+            self.value(&embed(body, redact));
+        }
+    }
+}
+
+/// Whether a body can go into the message byte for byte: JSON, UTF-8, and no `\uD800`-style
+/// surrogate escape (a lone one would make strict consumers such as serde_json refuse the
+/// whole message; those bodies take the `Value` path, which checks the pairs).
+fn verbatim(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        let escape = rest.get(at + 1..at + 4).unwrap_or_default();
+        if matches!(
+            escape,
+            [b'u', b'd' | b'D', b'8' | b'9' | b'a' | b'b' | b'A' | b'B']
+        ) {
+            return false;
+        }
+        rest = rest.get(at + 1..).unwrap_or_default();
+    }
+    crate::probe::is_json(body)
+}
+
+/// A body as a `Value` when it parses, else as a (lossy UTF-8) string; redacted either way.
 fn embed(body: &[u8], redact: &[String]) -> Value {
     match serde_json::from_slice::<Value>(body) {
         Ok(mut v) => {
@@ -208,5 +244,38 @@ mod tests {
             Value::String("plain text".into())
         );
         assert_eq!(embed(&[0xff, b'a'], &[]), Value::String("\u{fffd}a".into()));
+    }
+
+    /// What `Writer::embed` writes for a body, parsed back as serde_json would.
+    fn written(body: &[u8], redact: &[String]) -> (Vec<u8>, Value) {
+        let mut out = Vec::new();
+        let mut w = Writer(&mut out);
+        w.open();
+        w.key("body");
+        w.embed(body, redact);
+        w.close();
+        let v: Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+        (out, v["body"].clone())
+    }
+
+    #[test]
+    fn json_bodies_go_in_byte_for_byte_and_the_message_stays_strict_json() {
+        // Key order and number spelling as the model wrote them.
+        let body = br#"{"z":1.50,"a":[true,null],"m":"\u00e9"}"#;
+        let (out, v) = written(body, &[]);
+        assert_eq!(out, [&b"{\"body\":"[..], body, b"}"].concat());
+        assert_eq!(v["m"], "é");
+        // A surrogate pair takes the `Value` path, and arrives whole.
+        assert_eq!(written(br#"["\ud83d\ude00"]"#, &[]).1[0], "😀");
+        // Whitespace around a JSON body is kept and harmless.
+        assert_eq!(written(b" [1, 2]\n", &[]).1, serde_json::json!([1, 2]));
+        // Not JSON, not UTF-8, a lone surrogate: a string, and the message still parses.
+        assert_eq!(written(b"{\"a\":", &[]).1, "{\"a\":");
+        assert_eq!(written(b"\"\xff\"", &[]).1, "\"\u{fffd}\"");
+        assert_eq!(written(br#"{"a":"\ud800"}"#, &[]).1, r#"{"a":"\ud800"}"#);
+        // Redaction goes through a `Value`.
+        let (_, v) = written(br#"{"a":{"secret":"x"},"b":1}"#, &["/a/secret".into()]);
+        assert_eq!(v, serde_json::json!({"a":{"secret":"[redacted]"},"b":1}));
     }
 }
