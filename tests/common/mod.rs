@@ -331,12 +331,13 @@ impl Broker {
 
     /// Take the next message from `queue`, waiting up to `wait`.
     pub async fn next(&self, queue: &str, wait: Duration) -> Option<Message> {
-        let mut ch = self.conn.create_channel().await.unwrap();
+        let mut own = None;
+        let mut ch = self.channel(&mut own).await;
         let deadline = Instant::now() + wait;
         loop {
             // A missing queue closes the channel (404): open another for the next try.
             if !ch.status().connected() {
-                ch = self.conn.create_channel().await.unwrap();
+                ch = self.channel(&mut own).await;
             }
             if let Ok(Some(m)) = ch
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
@@ -357,6 +358,22 @@ impl Broker {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A channel on the shared connection, or on a fresh one when the broker has closed it:
+    /// RabbitMQ closes the whole connection, not only the channel, when `basic.get` meets a
+    /// queue that another client is still creating (`internal_error: noproc`).
+    async fn channel(&self, own: &mut Option<Connection>) -> lapin::Channel {
+        let conn = own.as_ref().unwrap_or(&self.conn);
+        if let Ok(ch) = conn.create_channel().await {
+            return ch;
+        }
+        let fresh = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672");
+        let ch = fresh.create_channel().await.expect("a channel");
+        *own = Some(fresh);
+        ch
     }
 
     /// Every message currently in `queue` (waits briefly for stragglers).
