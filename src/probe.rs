@@ -313,10 +313,11 @@ impl Scan<'_, '_> {
                 Ok(())
             }
             _ => {
-                let (start, end) = self.number()?;
                 if node.slot.is_some() {
-                    let n = parse_number(self.b.get(start..end).ok_or(NotJson)?)?;
+                    let n = self.number_value()?;
                     self.put(node, Scalar::Num(n));
+                } else {
+                    self.number()?;
                 }
                 Ok(())
             }
@@ -524,6 +525,78 @@ impl Scan<'_, '_> {
         Ok((start, self.i))
     }
 
+    /// Step over a number and read it, gathering the digits while checking the grammar.
+    /// Clinger's fast path: digits that fit in 53 bits and a decimal exponent of at most 22
+    /// either way make one exact multiplication or division of two exact doubles, so the
+    /// result is correctly rounded. Most model outputs (`-0.0812345678901234`) take it; the
+    /// rest go to `str::parse`.
+    fn number_value(&mut self) -> Result<f64, NotJson> {
+        const POW10: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        // Digits gathered (leading zeros too); past 19 the mantissa wraps and is not used.
+        let mut mantissa: u64 = 0;
+        let mut count = 0u32;
+        let mut gather = |scan: &mut Self| {
+            while let Some(d @ b'0'..=b'9') = scan.peek() {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+                count += 1;
+                scan.i += 1;
+            }
+        };
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => gather(self),
+            _ => return Err(NotJson),
+        }
+        let mut scale: i64 = 0;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            let at = self.i;
+            gather(self);
+            if self.i == at {
+                return Err(NotJson);
+            }
+            scale = -((self.i - at) as i64);
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            let sign = match self.peek() {
+                Some(b'-') => -1,
+                Some(b'+') => 1,
+                _ => 0,
+            };
+            if sign != 0 {
+                self.i += 1;
+            }
+            let at = self.i;
+            let mut e: i64 = 0;
+            while let Some(d @ b'0'..=b'9') = self.peek() {
+                e = e.saturating_mul(10).saturating_add(i64::from(d - b'0'));
+                self.i += 1;
+            }
+            if self.i == at {
+                return Err(NotJson);
+            }
+            scale = scale.saturating_add(if sign < 0 { -e } else { e });
+        }
+        if count <= 19
+            && mantissa <= 1 << 53
+            && let Some(power) = POW10.get(scale.unsigned_abs() as usize)
+        {
+            let m = mantissa as f64;
+            let value = if scale >= 0 { m * power } else { m / power };
+            return Ok(if negative { -value } else { value });
+        }
+        parse_number(self.b.get(start..self.i).ok_or(NotJson)?)
+    }
+
     #[inline]
     fn digits(&mut self) {
         while let Some(b'0'..=b'9') = self.peek() {
@@ -556,66 +629,11 @@ fn text<'b>(b: &'b [u8], span: &Span) -> Result<Cow<'b, str>, NotJson> {
 /// A number already checked against JSON's grammar. Out of `f64`'s range is refused, as
 /// serde_json refuses it.
 fn parse_number(raw: &[u8]) -> Result<f64, NotJson> {
-    if let Some(n) = exact_number(raw) {
-        return Ok(n);
-    }
     let text = std::str::from_utf8(raw).map_err(|_| NotJson)?;
     match text.parse::<f64>() {
         Ok(n) if n.is_finite() => Ok(n),
         _ => Err(NotJson),
     }
-}
-
-/// Clinger's fast path: a number whose digits fit in 53 bits and whose decimal exponent is
-/// at most 22 either way is one exact multiplication or division of two exact doubles, so
-/// the result is correctly rounded. Most model outputs (`-0.0812345678901234`) take it; the
-/// rest go to `str::parse`. `raw` is already checked against JSON's grammar.
-fn exact_number(raw: &[u8]) -> Option<f64> {
-    const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-    ];
-    let (negative, digits) = match raw.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, raw),
-    };
-    let mut mantissa: u64 = 0;
-    let mut exponent: i64 = 0;
-    let mut fraction = false;
-    let mut bytes = digits.iter();
-    while let Some(&c) = bytes.next() {
-        match c {
-            b'0'..=b'9' => {
-                mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-                exponent -= i64::from(fraction);
-            }
-            b'.' => fraction = true,
-            _ => {
-                // 'e' or 'E', then an optional sign and at least one digit.
-                let rest = bytes.as_slice();
-                let (sign, rest) = match rest.split_first() {
-                    Some((b'-', r)) => (-1, r),
-                    Some((b'+', r)) => (1, r),
-                    _ => (1, rest),
-                };
-                if rest.len() > 4 {
-                    return None;
-                }
-                let e = rest
-                    .iter()
-                    .fold(0i64, |acc, d| acc * 10 + i64::from(d.wrapping_sub(b'0')));
-                exponent += sign * e;
-                break;
-            }
-        }
-    }
-    if mantissa > 1 << 53 {
-        return None;
-    }
-    let m = mantissa as f64;
-    let power = *POW10.get(exponent.unsigned_abs() as usize)?;
-    let value = if exponent >= 0 { m * power } else { m / power };
-    Some(if negative { -value } else { value })
 }
 
 /// The index of the first `"`, `\` or control character at or after `i` (or the end).
@@ -1012,6 +1030,22 @@ data: [DONE]\n\n";
         }
     }
 
+    fn read_number(text: &str) -> Result<f64, NotJson> {
+        let mut out = [];
+        let mut scan = Scan {
+            b: text.as_bytes(),
+            i: 0,
+            depth: 0,
+            out: &mut out,
+        };
+        let n = scan.number_value()?;
+        if scan.i == text.len() {
+            Ok(n)
+        } else {
+            Err(NotJson)
+        }
+    }
+
     proptest! {
         /// The fast path is exact: whenever it answers, it answers what `str::parse` does.
         #[test]
@@ -1025,16 +1059,14 @@ data: [DONE]\n\n";
             if let Some(f) = frac { text.push('.'); text.push_str(&f); }
             if let Some(e) = exp { text.push_str(&format!("e{e}")); }
             let want: f64 = text.parse().unwrap();
-            if let Some(got) = exact_number(text.as_bytes()) {
-                prop_assert_eq!(got.to_bits(), want.to_bits(), "{}", text);
-            }
-            prop_assert_eq!(parse_number(text.as_bytes()).ok(), want.is_finite().then_some(want));
+            let got = read_number(&text);
+            prop_assert_eq!(got.map(f64::to_bits), want.is_finite().then_some(want.to_bits()).ok_or(NotJson), "{}", text);
         }
 
         #[test]
         fn every_written_double_reads_back(f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
             let text = serde_json::to_string(&f).unwrap();
-            prop_assert_eq!(parse_number(text.as_bytes()).unwrap().to_bits(), f.to_bits(), "{}", text);
+            prop_assert_eq!(read_number(&text).unwrap().to_bits(), f.to_bits(), "{}", text);
         }
     }
 
