@@ -225,9 +225,10 @@ async fn run<'t>(
     let reported = observed.reported.as_deref();
     let confidence = observed.confidence;
     let confidence = confidence.ok();
-    let model_version = reported
-        .or(variant.version.as_deref())
-        .and_then(|v| HeaderValue::from_str(v).ok());
+    let model_version = match reported {
+        Some(r) if Some(r) != variant.version.as_deref() => HeaderValue::from_str(r).ok(),
+        _ => variant.version_header.clone(),
+    };
     if let Decision::Reject(reason) = decision {
         let e = match reason {
             decide::Reason::VersionMismatch => ProxyError::VersionMismatch {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
+use http::uri::PathAndQuery;
 use http::{Request, StatusCode, Uri, Version, request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -32,6 +33,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) names present instead of a hashed remove per listed name:
+    // usually only `content-length` is there.
+    let doomed = |name: &HeaderName| name == header::CONTENT_LENGTH || HOP_BY_HOP.contains(name);
+    if !headers.keys().any(doomed) {
+        return;
+    }
     if let Some(listed) = headers
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
@@ -44,10 +51,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    let present: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in present {
         headers.remove(name);
     }
-    headers.remove(header::CONTENT_LENGTH);
 }
 
 #[derive(Debug, Clone)]
@@ -127,11 +134,19 @@ impl UpstreamClient {
         parts: &request::Parts,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, ProxyError> {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = match parts.uri.path_and_query() {
+            // The common case: the request's own path, shared, not copied.
+            Some(path) if upstream.base_path.is_empty() => path.clone(),
+            path => {
+                let path = path.map_or("/", |p| p.as_str());
+                PathAndQuery::try_from(format!("{}{}", upstream.base_path, path))
+                    .map_err(|e| ProxyError::Upstream(format!("building upstream URI: {e}")))?
+            }
+        };
         let uri = Uri::builder()
             .scheme(upstream.scheme.clone())
             .authority(upstream.authority.clone())
-            .path_and_query(format!("{}{}", upstream.base_path, path))
+            .path_and_query(path)
             .build()
             .map_err(|e| ProxyError::Upstream(format!("building upstream URI: {e}")))?;
         let mut headers = parts.headers.clone();
@@ -257,5 +272,66 @@ fn set_pointer(doc: &mut Value, pointer: &str, value: Value) -> Result<(), Proxy
         _ => Err(ProxyError::InvalidJson(format!(
             "no JSON object at {parent:?} for the model field"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Upstream;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("content-length", "12"),
+            ("x-private", "1"),
+            ("content-type", "application/json"),
+            ("x-request-id", "abc"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+
+        // Nothing to strip: untouched.
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+    }
+
+    #[test]
+    fn the_upstream_uri_joins_its_base_path_and_the_request_path() {
+        let client = UpstreamClient::new(Duration::from_secs(1), 1024);
+        let upstream = |base: &str| Upstream {
+            name: "m".into(),
+            scheme: http::uri::Scheme::HTTP,
+            authority: "model:8000".parse().unwrap(),
+            base_path: base.into(),
+            timeout: Duration::from_secs(1),
+        };
+        let (parts, ()) = Request::post("http://sidecar/v1/chat?x=1")
+            .header("host", "sidecar")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let req = client
+            .build(&upstream(""), &parts, Bytes::from_static(b"{}"))
+            .unwrap();
+        assert_eq!(req.uri(), "http://model:8000/v1/chat?x=1");
+        assert!(req.headers().get("host").is_none());
+        assert_eq!(req.headers()["content-length"], "2");
+        let req = client
+            .build(&upstream("/base"), &parts, Bytes::new())
+            .unwrap();
+        assert_eq!(req.uri(), "http://model:8000/base/v1/chat?x=1");
     }
 }

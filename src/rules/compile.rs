@@ -534,6 +534,9 @@ fn compile_task(
                     name: "default".into(),
                     name_header: HeaderValue::from_static("default"),
                     version: pinned.as_deref().map(Arc::from),
+                    version_header: pinned
+                        .as_deref()
+                        .and_then(|v| HeaderValue::from_str(v).ok()),
                     bucket_end: BUCKETS,
                     upstream: up.clone(),
                     policy,
@@ -810,6 +813,7 @@ fn compile_variants(
                 name: v.name.as_str().into(),
                 name_header: header_value(&v.name),
                 version: Some(v.version.as_str().into()),
+                version_header: HeaderValue::from_str(&v.version).ok(),
                 bucket_end: total.min(BUCKETS),
                 upstream: up,
                 policy: Policy {

@@ -113,6 +113,9 @@ pub struct Variant {
     pub name_header: HeaderValue,
     /// The pinned model version; `None` when the task pins nothing.
     pub version: Option<Arc<str>>,
+    /// `version` as a ready header value (`x-triage-model-version`); `None` also when the
+    /// version is not a valid header value.
+    pub version_header: Option<HeaderValue>,
     /// Exclusive end of this variant's cumulative bucket range (0..=10_000).
     pub bucket_end: u32,
     pub upstream: Arc<Upstream>,
