@@ -154,6 +154,8 @@ impl Probe {
     /// (`[DONE]`, comments) are skipped; no JSON event at all is `NotJson`.
     pub fn run_events(&self, body: &[u8]) -> Result<Vec<Found>, NotJson> {
         let mut merged = vec![Found::Absent; self.slots];
+        // One scratch row for every event: its number lists keep their capacity.
+        let mut event = vec![Found::Absent; self.slots];
         let mut any = false;
         for line in body.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -161,14 +163,23 @@ impl Probe {
                 continue;
             };
             let data = data.strip_prefix(b" ").unwrap_or(data);
-            let Ok(found) = self.run(data) else { continue };
+            for cell in &mut event {
+                match cell {
+                    Found::Numbers(numbers) => numbers.clear(),
+                    other => *other = Found::Absent,
+                }
+            }
+            if self.run_into(data, &mut event).is_err() {
+                continue;
+            }
             any = true;
-            for (cell, new) in merged.iter_mut().zip(found) {
+            for (cell, new) in merged.iter_mut().zip(&mut event) {
                 match (&mut *cell, new) {
                     (_, Found::Absent | Found::Null) => {}
-                    (Found::Numbers(acc), Found::Numbers(more)) => acc.extend(more),
+                    (_, Found::Numbers(more)) if more.is_empty() => {}
+                    (Found::Numbers(acc), Found::Numbers(more)) => acc.append(more),
                     (Found::NotNumbers, _) => {}
-                    (cell, new) => *cell = new,
+                    (cell, new) => *cell = std::mem::take(new),
                 }
             }
         }
@@ -178,11 +189,18 @@ impl Probe {
     /// Walk `body` once and return one [`Found`] per slot.
     pub fn run(&self, body: &[u8]) -> Result<Vec<Found>, NotJson> {
         let mut out = vec![Found::Absent; self.slots];
+        self.run_into(body, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Probe::run`] into a row the caller provides (absent cells, or number lists that are
+    /// empty: an empty list means nothing was found there).
+    fn run_into(&self, body: &[u8], out: &mut [Found]) -> Result<(), NotJson> {
         let mut scan = Scan {
             b: body,
             i: 0,
             depth: 0,
-            out: &mut out,
+            out,
         };
         scan.ws();
         scan.value(&self.root)?;
@@ -190,7 +208,7 @@ impl Probe {
         if scan.i != body.len() {
             return Err(NotJson);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -989,6 +1007,45 @@ data: [DONE]\n\n";
             for ((steps, kind), slot) in paths.iter().zip(slots) {
                 let want = oracle(&doc, steps, *kind);
                 prop_assert!(same(&found[slot], &want), "{steps:?}: {:?} vs {want:?}", found[slot]);
+            }
+        }
+
+        /// A stream's merge equals merging what `run` finds in each event on its own: the
+        /// reused scratch row leaks nothing from one event into the next.
+        #[test]
+        fn events_merge_as_if_each_were_run_alone(
+            docs in proptest::collection::vec((json(), any::<bool>()), 0..6),
+        ) {
+            let paths = paths();
+            let (probe, _) = probe_for(&paths);
+            let mut body = Vec::new();
+            let mut want = vec![Found::Absent; paths.len()];
+            let mut any = false;
+            for (doc, broken) in &docs {
+                let mut data = serde_json::to_vec(doc).unwrap();
+                if *broken {
+                    data.push(b'}');
+                }
+                body.extend_from_slice(b"data: ");
+                body.extend_from_slice(&data);
+                body.extend_from_slice(b"\n\n");
+                let Ok(found) = probe.run(&data) else { continue };
+                any = true;
+                for (cell, new) in want.iter_mut().zip(found) {
+                    match (&mut *cell, new) {
+                        (_, Found::Absent | Found::Null) => {}
+                        (Found::Numbers(acc), Found::Numbers(more)) => acc.extend(more),
+                        (Found::NotNumbers, _) => {}
+                        (cell, new) => *cell = new,
+                    }
+                }
+            }
+            body.extend_from_slice(b"data: [DONE]\n\n");
+            let got = probe.run_events(&body);
+            if any {
+                prop_assert_eq!(got.unwrap(), want);
+            } else {
+                prop_assert_eq!(got, Err(NotJson));
             }
         }
 
