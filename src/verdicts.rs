@@ -27,6 +27,17 @@ use crate::rules::RuleSet;
 
 pub const SCHEMA: &str = "triage.verdict/v1";
 const DEDUPE_WINDOW: usize = 100_000;
+/// An ack or reject that has not gone out by then means the link is broken: reconnect (the
+/// broker redelivers what is unacked, and the review-id window keeps it from counting twice).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("no ack sent within {0:?}")]
+    AckTimeout(Duration),
+}
 
 #[derive(Debug, Clone)]
 pub struct VerdictConfig {
@@ -150,7 +161,7 @@ async fn consume(
     config: &VerdictConfig,
     rules: &ArcSwap<RuleSet>,
     seen: &mut Seen,
-) -> Result<(), lapin::Error> {
+) -> Result<(), ConsumeError> {
     let props = ConnectionProperties::default().with_connection_name("triage-verdicts".into());
     let conn = Connection::connect(&config.url, props).await?;
     let channel = conn.create_channel().await?;
@@ -173,19 +184,25 @@ async fn consume(
                 if seen.insert(&v.review_id) {
                     metrics::verdict(&v.task, &v.variant, v.reason, v.verdict, v.latency);
                 }
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                bounded(delivery.acker.ack(BasicAckOptions::default())).await?;
             }
             Err(why) => {
                 tracing::warn!(error = %why, "malformed verdict dead-lettered");
                 metrics::verdict_malformed();
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
+                bounded(delivery.acker.reject(BasicRejectOptions { requeue: false })).await?;
             }
         }
     }
     Ok(())
+}
+
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, ConsumeError> {
+    match tokio::time::timeout(ACK_TIMEOUT, op).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ConsumeError::AckTimeout(ACK_TIMEOUT)),
+    }
 }
 
 #[cfg(test)]
