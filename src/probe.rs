@@ -364,21 +364,8 @@ impl Scan<'_, '_> {
         }
     }
 
-    fn enter(&mut self) -> Result<(), NotJson> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(NotJson);
-        }
-        self.i += 1;
-        self.ws();
-        Ok(())
-    }
-
     fn object(&mut self, node: Option<&Node>) -> Result<(), NotJson> {
-        self.enter()?;
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            self.depth -= 1;
+        if self.open(b'}')? {
             return Ok(());
         }
         loop {
@@ -393,31 +380,15 @@ impl Scan<'_, '_> {
             self.ws();
             self.eat(b':')?;
             self.ws();
-            match child {
-                Some(child) => self.value(child)?,
-                None => self.skip_inline()?,
-            }
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Ok(());
-                }
-                _ => return Err(NotJson),
+            self.member(child)?;
+            if !self.more(b'}')? {
+                return Ok(());
             }
         }
     }
 
     fn array(&mut self, node: Option<&Node>) -> Result<(), NotJson> {
-        self.enter()?;
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            self.depth -= 1;
+        if self.open(b']')? {
             return Ok(());
         }
         let mut index = 0usize;
@@ -430,24 +401,59 @@ impl Scan<'_, '_> {
                     Step::Token { .. } => None,
                 })
             });
-            match child {
-                Some(child) => self.value(child)?,
-                None => self.skip_inline()?,
+            self.member(child)?;
+            if !self.more(b']')? {
+                return Ok(());
             }
+            index += 1;
+        }
+    }
+
+    /// Step into a container (at its opening byte); `true` when it closes at once.
+    #[inline(always)]
+    fn open(&mut self, close: u8) -> Result<bool, NotJson> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        self.ws();
+        Ok(self.close(close))
+    }
+
+    /// After a member: `true` after a `,` (another member follows), `false` after the
+    /// container's closing byte.
+    #[inline(always)]
+    fn more(&mut self, close: u8) -> Result<bool, NotJson> {
+        self.ws();
+        if self.peek() == Some(b',') {
+            self.i += 1;
             self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                    index += 1;
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Ok(());
-                }
-                _ => return Err(NotJson),
-            }
+            return Ok(true);
+        }
+        if self.close(close) {
+            Ok(false)
+        } else {
+            Err(NotJson)
+        }
+    }
+
+    #[inline(always)]
+    fn close(&mut self, close: u8) -> bool {
+        if self.peek() != Some(close) {
+            return false;
+        }
+        self.i += 1;
+        self.depth -= 1;
+        true
+    }
+
+    /// A member's value: walked where the probe has a node for it, else stepped over.
+    #[inline(always)]
+    fn member(&mut self, child: Option<&Node>) -> Result<(), NotJson> {
+        match child {
+            Some(child) => self.value(child),
+            None => self.skip_inline(),
         }
     }
 
