@@ -147,16 +147,16 @@ impl Writer<'_> {
     }
 }
 
-/// Whether a body can go into the message byte for byte: JSON, UTF-8, and no `\uD800`-style
-/// surrogate escape (a lone one would make strict consumers such as serde_json refuse the
-/// whole message; those bodies take the `Value` path, which checks the pairs).
+/// Whether a body can go into the message byte for byte: JSON, UTF-8, and no surrogate
+/// escape `\uD800`–`\uDFFF` (a lone one would make strict consumers such as serde_json refuse
+/// the whole message; those bodies take the `Value` path, which checks the pairs).
 fn verbatim(body: &[u8]) -> bool {
     let mut rest = body;
     while let Some(at) = rest.iter().position(|&b| b == b'\\') {
         let escape = rest.get(at + 1..at + 4).unwrap_or_default();
         if matches!(
             escape,
-            [b'u', b'd' | b'D', b'8' | b'9' | b'a' | b'b' | b'A' | b'B']
+            [b'u', b'd' | b'D', b'8' | b'9' | b'a'..=b'f' | b'A'..=b'F']
         ) {
             return false;
         }
@@ -274,6 +274,7 @@ mod tests {
         assert_eq!(written(b"{\"a\":", &[]).1, "{\"a\":");
         assert_eq!(written(b"\"\xff\"", &[]).1, "\"\u{fffd}\"");
         assert_eq!(written(br#"{"a":"\ud800"}"#, &[]).1, r#"{"a":"\ud800"}"#);
+        assert_eq!(written(br#"["\uDC00"]"#, &[]).1, r#"["\uDC00"]"#);
         // Redaction goes through a `Value`.
         let (_, v) = written(br#"{"a":{"secret":"x"},"b":1}"#, &["/a/secret".into()]);
         assert_eq!(v, serde_json::json!({"a":{"secret":"[redacted]"},"b":1}));
