@@ -208,38 +208,6 @@ mod tests {
         }
     }
 
-    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
-        use serde_json::Value;
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
-                .map(Value::Number)),
-            (-2.0f64..2.0).prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
-                .map(Value::Number)),
-            any::<i64>().prop_map(Value::from),
-            "[a-z0-9.]{0,6}".prop_map(Value::String),
-        ];
-        // Keys biased towards the paths the extractors read, so the walks go deep.
-        let key = prop_oneof![
-            Just("choices".to_string()),
-            Just("0".to_string()),
-            Just("logprobs".to_string()),
-            Just("content".to_string()),
-            Just("logprob".to_string()),
-            Just("confidence".to_string()),
-            Just("probabilities".to_string()),
-            "[a-z]{1,3}",
-        ];
-        leaf.prop_recursive(6, 96, 8, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                proptest::collection::btree_map(key.clone(), inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     fn extractors() -> (crate::probe::Probe, Vec<Extractor>) {
         use crate::probe::{Kind, Probe, Step, parse_pointer};
         let mut probe = Probe::default();
@@ -269,7 +237,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_json_in_never_a_panic_and_in_range_or_missing(doc in arb_json()) {
+        fn any_json_in_never_a_panic_and_in_range_or_missing(doc in crate::probe::testing::json()) {
             let (probe, list) = extractors();
             let body = serde_json::to_vec(&doc).unwrap();
             let found = probe.run(&body).ok();

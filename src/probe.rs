@@ -750,6 +750,53 @@ fn hex4(raw: &[u8], i: usize) -> Result<u32, NotJson> {
     u32::from_str_radix(text, 16).map_err(|_| NotJson)
 }
 
+/// Shared by the property tests of the probe and of the extractors.
+#[cfg(test)]
+pub(crate) mod testing {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Arbitrary JSON documents for property tests: numbers of every kind (many in the
+    /// confidence range), strings with escapes and non-ASCII, keys biased towards the paths
+    /// the extractors read so that walks go deep.
+    pub fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            (-2.0f64..2.0).prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            // Escapes, quotes, control characters, non-ASCII, astral plane.
+            "(\\PC|[\"\\\\/\u{0}-\u{1f}é€😀]){0,12}".prop_map(Value::String),
+        ];
+        let key = prop_oneof![
+            Just("choices".to_string()),
+            Just("0".to_string()),
+            Just("logprobs".to_string()),
+            Just("content".to_string()),
+            Just("logprob".to_string()),
+            Just("confidence".to_string()),
+            Just("probabilities".to_string()),
+            Just("model".to_string()),
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("b/c".to_string()),
+            Just("é".to_string()),
+            "(\\PC|[\"\\\\\n]){0,4}",
+        ];
+        leaf.prop_recursive(6, 128, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -871,6 +918,7 @@ data: [DONE]\n\n";
 
     // ---- The scanner against serde_json, the reference it must agree with ----
 
+    use super::testing::json;
     use proptest::prelude::*;
     use serde_json::Value;
 
@@ -957,42 +1005,6 @@ data: [DONE]\n\n";
         let mut probe = Probe::default();
         let slots = paths.iter().map(|(s, k)| probe.add(s, *k)).collect();
         (probe, slots)
-    }
-
-    fn json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            // Escapes, quotes, control characters, non-ASCII, astral plane.
-            "(\\PC|[\"\\\\/\u{0}-\u{1f}é€😀]){0,12}".prop_map(Value::String),
-        ];
-        let key = prop_oneof![
-            Just("choices".to_string()),
-            Just("0".to_string()),
-            Just("logprobs".to_string()),
-            Just("content".to_string()),
-            Just("logprob".to_string()),
-            Just("confidence".to_string()),
-            Just("probabilities".to_string()),
-            Just("model".to_string()),
-            Just("a".to_string()),
-            Just("b".to_string()),
-            Just("b/c".to_string()),
-            Just("é".to_string()),
-            "(\\PC|[\"\\\\\n]){0,4}",
-        ];
-        leaf.prop_recursive(6, 128, 8, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                proptest::collection::btree_map(key.clone(), inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
     }
 
     proptest! {

@@ -30,6 +30,9 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+/// RabbitMQ's own default: `guest` on the local broker.
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// `triage demo`: every other setting is `serve`'s default (or its environment variable).
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -43,7 +46,7 @@ pub struct DemoArgs {
     #[arg(
         long,
         env = "TRIAGE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = DEFAULT_AMQP_URL,
         hide_env_values = true,
         hide_default_value = true
     )]
@@ -67,7 +70,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TRIAGE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = DEFAULT_AMQP_URL,
         hide_env_values = true,
         hide_default_value = true
     )]

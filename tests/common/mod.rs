@@ -495,32 +495,19 @@ impl Triage {
 
     /// Ready, with the broker connected and the topology declared (not only the spool).
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await
-                && r.status() == 200
-                && let Ok(v) = r.json::<serde_json::Value>().await
-                && v["review_path"]["broker"] == true
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "triage not ready in time: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_readyz(true).await
     }
 
     /// `/readyz` is 200: the review path is durable (broker or spool).
     pub async fn wait_durable(&self) {
-        let client = reqwest::Client::new();
+        self.wait_readyz(false).await
+    }
+
+    async fn wait_readyz(&self, broker: bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await
-                && r.status() == 200
+            if let Some((200, v)) = self.try_readyz().await
+                && (!broker || v["review_path"]["broker"] == true)
             {
                 return;
             }
@@ -534,10 +521,13 @@ impl Triage {
     }
 
     pub async fn readyz(&self) -> (u16, serde_json::Value) {
-        let r = reqwest::get(format!("{}/readyz", self.admin))
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        self.try_readyz().await.expect("/readyz answers with JSON")
+    }
+
+    async fn try_readyz(&self) -> Option<(u16, serde_json::Value)> {
+        let r = reqwest::get(format!("{}/readyz", self.admin)).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.json().await.ok()?))
     }
 
     pub fn stderr(&self) -> String {
