@@ -15,6 +15,9 @@ pub struct Observed {
     pub reported: Option<Box<str>>,
     pub version_mismatch: bool,
     pub confidence: Result<f64, Missing>,
+    /// Whether the body passed the probe's JSON checks as one document; `None` when it was
+    /// not walked as one (no probe, or a stream). Saves the review item a second scan.
+    pub walked_json: Option<bool>,
 }
 
 impl Observed {
@@ -36,12 +39,14 @@ pub fn is_event_stream(resp: &UpstreamResponse) -> bool {
 }
 
 pub fn observe(task: &Task, variant: &Variant, resp: &UpstreamResponse) -> Observed {
-    let found = if task.probe.is_empty() {
-        None
+    let (found, walked_json) = if task.probe.is_empty() {
+        (None, None)
     } else if is_event_stream(resp) {
-        task.probe.run_events(&resp.body).ok()
+        (task.probe.run_events(&resp.body).ok(), None)
     } else {
-        task.probe.run(&resp.body).ok()
+        let found = task.probe.run(&resp.body).ok();
+        let walked = found.is_some();
+        (found, Some(walked))
     };
     let found = found.as_deref();
     let slot = |s: Option<usize>| s.and_then(|s| found?.get(s));
@@ -98,5 +103,6 @@ pub fn observe(task: &Task, variant: &Variant, resp: &UpstreamResponse) -> Obser
         reported: reported.map(Into::into),
         version_mismatch,
         confidence,
+        walked_json,
     }
 }

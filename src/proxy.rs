@@ -274,6 +274,7 @@ async fn run<'t>(
         request_body: &body,
         response_status: resp.status.as_u16(),
         response_body: &resp.body,
+        response_walked_json: observed.walked_json,
         trace_id: &trace_id(&parts.headers, &review_id),
     });
     let routing_key = review::routing_key(&task.name, reason);

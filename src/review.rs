@@ -46,6 +46,8 @@ pub struct ReviewInput<'a> {
     pub request_body: &'a [u8],
     pub response_status: u16,
     pub response_body: &'a [u8],
+    /// What the probe learnt of the response body (see `Observed::walked_json`).
+    pub response_walked_json: Option<bool>,
     pub trace_id: &'a str,
 }
 
@@ -88,13 +90,17 @@ pub fn encode(input: &ReviewInput<'_>) -> Vec<u8> {
         .collect();
     w.field("headers", &headers);
     w.key("body");
-    w.embed(input.request_body, &task.redact);
+    w.embed(input.request_body, None, &task.redact);
     w.close();
     w.key("response");
     w.open();
     w.field("status", &input.response_status);
     w.key("body");
-    w.embed(input.response_body, &task.redact);
+    w.embed(
+        input.response_body,
+        input.response_walked_json,
+        &task.redact,
+    );
     w.close();
     w.field("trace_id", &input.trace_id);
     w.close();
@@ -138,8 +144,9 @@ impl Writer<'_> {
 
     /// A body as JSON when it is JSON (verbatim where it can be, else through a `Value`,
     /// redacted), else as a (lossy UTF-8) string.
-    fn embed(&mut self, body: &[u8], redact: &[String]) {
-        if redact.is_empty() && verbatim(body) {
+    /// `walked`: the probe's verdict on the body, when it already checked it.
+    fn embed(&mut self, body: &[u8], walked: Option<bool>, redact: &[String]) {
+        if redact.is_empty() && verbatim(body, walked) {
             self.0.extend_from_slice(body);
         } else {
             self.value(&embed(body, redact));
@@ -150,7 +157,7 @@ impl Writer<'_> {
 /// Whether a body can go into the message byte for byte: JSON, UTF-8, and no surrogate
 /// escape `\uD800`–`\uDFFF` (a lone one would make strict consumers such as serde_json refuse
 /// the whole message; those bodies take the `Value` path, which checks the pairs).
-fn verbatim(body: &[u8]) -> bool {
+fn verbatim(body: &[u8], walked: Option<bool>) -> bool {
     let mut rest = body;
     while let Some(at) = rest.iter().position(|&b| b == b'\\') {
         let escape = rest.get(at + 1..at + 4).unwrap_or_default();
@@ -162,7 +169,12 @@ fn verbatim(body: &[u8]) -> bool {
         }
         rest = rest.get(at + 1..).unwrap_or_default();
     }
-    crate::probe::is_json(body)
+    match walked {
+        // The probe's checks passed: only UTF-8 is left (it skips strings without it).
+        Some(true) => std::str::from_utf8(body).is_ok(),
+        Some(false) => false,
+        None => crate::probe::is_json(body),
+    }
 }
 
 /// A body as a `Value` when it parses, else as a (lossy UTF-8) string; redacted either way.
@@ -248,11 +260,16 @@ mod tests {
 
     /// What `Writer::embed` writes for a body, parsed back as serde_json would.
     fn written(body: &[u8], redact: &[String]) -> (Vec<u8>, Value) {
+        written_after(body, None, redact)
+    }
+
+    /// The same, for a body the probe already checked (`walked`).
+    fn written_after(body: &[u8], walked: Option<bool>, redact: &[String]) -> (Vec<u8>, Value) {
         let mut out = Vec::new();
         let mut w = Writer(&mut out);
         w.open();
         w.key("body");
-        w.embed(body, redact);
+        w.embed(body, walked, redact);
         w.close();
         let v: Value = serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
@@ -275,6 +292,21 @@ mod tests {
         assert_eq!(written(b"\"\xff\"", &[]).1, "\"\u{fffd}\"");
         assert_eq!(written(br#"{"a":"\ud800"}"#, &[]).1, r#"{"a":"\ud800"}"#);
         assert_eq!(written(br#"["\uDC00"]"#, &[]).1, r#"["\uDC00"]"#);
+        // The probe's verdict is trusted for structure, not for UTF-8; a refusal sends the
+        // body through the `Value` path (which here re-spells 1.50).
+        let body = br#"{"z":1.50}"#;
+        assert_eq!(
+            written_after(body, Some(true), &[]).0,
+            [&b"{\"body\":"[..], body, b"}"].concat()
+        );
+        assert_eq!(
+            written_after(body, Some(false), &[]).0,
+            br#"{"body":{"z":1.5}}"#
+        );
+        assert_eq!(
+            written_after(b"[\"\xff\"]", Some(true), &[]).1,
+            "[\"\u{fffd}\"]"
+        );
         // Redaction goes through a `Value`.
         let (_, v) = written(br#"{"a":{"secret":"x"},"b":1}"#, &["/a/secret".into()]);
         assert_eq!(v, serde_json::json!({"a":{"secret":"[redacted]"},"b":1}));
