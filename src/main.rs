@@ -124,12 +124,7 @@ fn serve(args: ServeArgs, on_listening: OnListening) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = args.worker_threads {
-        runtime.worker_threads(n.max(1));
-    }
-    let runtime = match runtime.build() {
+    let runtime = match build_runtime(args.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -143,6 +138,24 @@ fn serve(args: ServeArgs, on_listening: OnListening) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// One worker (asked for, or one CPU available, cgroup quota included) gets tokio's
+/// current-thread scheduler, as linkerd2-proxy does on one core: every task runs on the
+/// thread that accepts, with no work-stealing queues and no cross-thread wake-ups between a
+/// request and its upstream connection. More workers get the multi-thread scheduler.
+fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build()
 }
 
 async fn run(

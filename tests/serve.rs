@@ -71,7 +71,8 @@ fn source_rules(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn pass_hold_and_flag_for_every_confidence_source_around_the_threshold() {
     let up = Upstream::start(shaped).await;
-    let t = Triage::start(&source_rules(&up.url())).await;
+    // One worker: the current-thread scheduler (the loadtest's and a one-CPU pod's setup).
+    let t = Triage::start_with(&source_rules(&up.url()), &["--worker-threads", "1"], &[]).await;
     let c = client();
     let mut expected_reviews: HashMap<String, (String, &str)> = HashMap::new();
 
@@ -450,7 +451,8 @@ tasks:
 "#,
         up.url()
     );
-    let t = Triage::start(&rules).await;
+    // One worker: timeouts and connect errors on the current-thread scheduler too.
+    let t = Triage::start_with(&rules, &["--worker-threads", "1"], &[]).await;
     let c = client();
 
     for (path, status, code) in [
@@ -630,7 +632,8 @@ tasks:
 async fn a_20_mib_body_is_refused_with_413_while_the_sidecar_keeps_serving() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.99}))).await;
     let rules = one_task_rules(&up.url());
-    let t = Triage::start(&rules).await;
+    // One worker: the slow 20 MiB upload must not hold up the other requests on that thread.
+    let t = Triage::start_with(&rules, &["--worker-threads", "1"], &[]).await;
     let c = client();
     let big = vec![b'a'; 20 * 1024 * 1024];
     let data = t.data.clone();
