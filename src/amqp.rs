@@ -22,6 +22,35 @@ use tokio::sync::Notify;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The largest frame we offer the broker. lapin keeps a send and a receive buffer of 32
+/// frames per connection, zero-filled when the connection opens: at RabbitMQ's default of
+/// 128 KiB that is 8 MiB resident per connection, two connections, and again after every
+/// reconnect. Review items are a few KiB; larger ones go out in several frames. A
+/// `frame_max` in the URL wins.
+const FRAME_MAX: u32 = 16 * 1024;
+
+fn io_error(kind: std::io::ErrorKind, message: String) -> lapin::Error {
+    lapin::ErrorKind::IOError(Arc::new(std::io::Error::new(kind, message))).into()
+}
+
+/// Open a connection (the review path's or the verdict consumer's) named `name` in the
+/// broker's UI.
+pub async fn open(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect_uri(uri(url)?, props).await
+}
+
+fn uri(url: &str) -> Result<lapin::uri::AMQPUri, lapin::Error> {
+    let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e: String| {
+        io_error(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid AMQP URL: {e}"),
+        )
+    })?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(uri)
+}
+
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
     pub url: String,
@@ -194,16 +223,10 @@ async fn supervise(publisher: Arc<Publisher>, config: AmqpConfig) {
 }
 
 async fn connect(config: &AmqpConfig) -> Result<Link, lapin::Error> {
-    let props = ConnectionProperties::default().with_connection_name("triage".into());
     // A blackholed broker never answers the handshake: bound it ourselves.
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&config.url, props))
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, open(&config.url, "triage"))
         .await
-        .map_err(|_| {
-            lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))))
-        })??;
+        .map_err(|_| io_error(std::io::ErrorKind::TimedOut, "connect timed out".into()))??;
     let channel = connection.create_channel().await?;
     let channel = match declare_topology(&channel, config).await {
         Ok(()) => channel,
@@ -320,4 +343,26 @@ pub async fn declare_queue(
 
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_max_defaults_small_and_the_url_wins() {
+        let frame_max = |url: &str| uri(url).map(|u| u.query.frame_max).ok().flatten();
+        assert_eq!(
+            frame_max(crate::settings::DEFAULT_AMQP_URL),
+            Some(FRAME_MAX)
+        );
+        assert_eq!(
+            frame_max("amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=131072"),
+            Some(131_072)
+        );
+        let Err(e) = uri("amqp://host:notaport") else {
+            panic!("a bad URL is an error");
+        };
+        assert!(e.to_string().contains("invalid AMQP URL"), "{e}");
+    }
 }

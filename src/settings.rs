@@ -31,7 +31,7 @@ pub enum Command {
 }
 
 /// RabbitMQ's own default: `guest` on the local broker.
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// `triage demo`: every other setting is `serve`'s default (or its environment variable).
 #[derive(Debug, Clone, Args)]

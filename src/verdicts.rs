@@ -17,7 +17,6 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use serde::Deserialize;
 
 use crate::amqp;
@@ -162,8 +161,7 @@ async fn consume(
     rules: &ArcSwap<RuleSet>,
     seen: &mut Seen,
 ) -> Result<(), ConsumeError> {
-    let props = ConnectionProperties::default().with_connection_name("triage-verdicts".into());
-    let conn = Connection::connect(&config.url, props).await?;
+    let conn = amqp::open(&config.url, "triage-verdicts").await?;
     let channel = conn.create_channel().await?;
     amqp::declare_queue(&channel, &config.exchange, &config.queue, &[]).await?;
     channel.basic_qos(64, BasicQosOptions::default()).await?;

@@ -302,6 +302,37 @@ tasks:
     assert_eq!(b["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
 }
 
+/// Review items go out in 16 KiB frames (the connection's `frame_max`): one far larger
+/// than a frame must arrive whole, request and response.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_item_many_frames_long_arrives_whole() {
+    let text: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let answer = json!({"confidence": 0.2, "text": text});
+    let up = Upstream::start({
+        let answer = answer.clone();
+        move |_| Reply::json(answer.clone())
+    })
+    .await;
+    let t = Triage::start(&one_task_rules(&up.url())).await;
+    let request = json!({"prompt": text.to_uppercase()});
+    let r = client()
+        .post(format!("{}/v1/x", t.data))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let m = Broker::connect()
+        .await
+        .next(&t.names.review_queue, WAIT)
+        .await
+        .expect("review item in the queue");
+    assert_eq!(m.body["request"]["body"], request);
+    assert_eq!(m.body["response"]["body"], answer);
+}
+
 fn missing_rules(url: &str) -> String {
     format!(
         r#"
