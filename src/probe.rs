@@ -257,9 +257,11 @@ impl Scan<'_, '_> {
 
     #[inline]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.i += 1;
+        let mut i = self.i;
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(i) {
+            i += 1;
         }
+        self.i = i;
     }
 
     #[inline]
@@ -304,11 +306,11 @@ impl Scan<'_, '_> {
         match self.peek().ok_or(NotJson)? {
             b'{' => {
                 self.put(node, Scalar::Other);
-                self.object(Some(node))
+                self.object(node)
             }
             b'[' => {
                 self.put(node, Scalar::Other);
-                self.array(Some(node))
+                self.array(node)
             }
             b'"' => {
                 let span = self.string()?;
@@ -342,15 +344,62 @@ impl Scan<'_, '_> {
         }
     }
 
-    /// One value nothing is wanted from: checked and stepped over.
+    /// One value nothing is wanted from: checked and stepped over in one loop, without
+    /// recursion. `objects` holds a bit per open container (set: an object), innermost
+    /// lowest; `self.depth` counts them against [`MAX_DEPTH`] as the walk does.
     fn skip(&mut self) -> Result<(), NotJson> {
-        match self.peek().ok_or(NotJson)? {
-            b'{' => self.object(None),
-            b'[' => self.array(None),
-            b'"' => self.string().map(drop),
-            b't' | b'f' | b'n' => self.literal(),
-            _ => self.number().map(drop),
+        let base = self.depth;
+        let mut objects: u128 = 0;
+        loop {
+            // At a value.
+            match self.peek().ok_or(NotJson)? {
+                b'"' => {
+                    self.string()?;
+                }
+                b'-' | b'0'..=b'9' => {
+                    self.number()?;
+                }
+                open @ (b'{' | b'[') => {
+                    let object = open == b'{';
+                    let close = if object { b'}' } else { b']' };
+                    if !self.open(close)? {
+                        objects = (objects << 1) | u128::from(object);
+                        if object {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                }
+                _ => self.literal()?,
+            }
+            // After a value: a separator, or closing containers.
+            loop {
+                if self.depth == base {
+                    return Ok(());
+                }
+                let object = objects & 1 == 1;
+                if self.more(if object { b'}' } else { b']' })? {
+                    if object {
+                        self.key()?;
+                    }
+                    break;
+                }
+                objects >>= 1;
+            }
         }
+    }
+
+    /// A key nothing is wanted from and its colon, up to the value.
+    #[inline(always)]
+    fn key(&mut self) -> Result<(), NotJson> {
+        if self.peek() != Some(b'"') {
+            return Err(NotJson);
+        }
+        self.string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Ok(())
     }
 
     /// [`Scan::skip`] with numbers and strings, most of what is skipped, stepped over in
@@ -364,7 +413,7 @@ impl Scan<'_, '_> {
         }
     }
 
-    fn object(&mut self, node: Option<&Node>) -> Result<(), NotJson> {
+    fn object(&mut self, node: &Node) -> Result<(), NotJson> {
         if self.open(b'}')? {
             return Ok(());
         }
@@ -373,9 +422,10 @@ impl Scan<'_, '_> {
                 return Err(NotJson);
             }
             let key = self.string()?;
-            let child = match node {
-                Some(node) if !node.children.is_empty() => self.find_child(node, &key)?,
-                _ => None,
+            let child = if node.children.is_empty() {
+                None
+            } else {
+                self.find_child(node, &key)?
             };
             self.ws();
             self.eat(b':')?;
@@ -387,19 +437,17 @@ impl Scan<'_, '_> {
         }
     }
 
-    fn array(&mut self, node: Option<&Node>) -> Result<(), NotJson> {
+    fn array(&mut self, node: &Node) -> Result<(), NotJson> {
         if self.open(b']')? {
             return Ok(());
         }
         let mut index = 0usize;
         loop {
             // An element can match one branch: `Each` or its own index, whichever comes first.
-            let child = node.and_then(|node| {
-                node.children.iter().find_map(|(step, child)| match step {
-                    Step::Each => Some(child),
-                    Step::Token { index: Some(i), .. } if *i == index => Some(child),
-                    Step::Token { .. } => None,
-                })
+            let child = node.children.iter().find_map(|(step, child)| match step {
+                Step::Each => Some(child),
+                Step::Token { index: Some(i), .. } if *i == index => Some(child),
+                Step::Token { .. } => None,
             });
             self.member(child)?;
             if !self.more(b']')? {
@@ -564,15 +612,23 @@ impl Scan<'_, '_> {
         if negative {
             self.i += 1;
         }
-        // Digits gathered (leading zeros too); past 19 the mantissa wraps and is not used.
+        // Digits gathered (leading zeros too), eight at a time where eight are there; past 19
+        // the mantissa wraps and is not used.
         let mut mantissa: u64 = 0;
         let mut count = 0u32;
         let mut gather = |scan: &mut Self| {
-            while let Some(d @ b'0'..=b'9') = scan.peek() {
+            let (b, mut i) = (scan.b, scan.i);
+            while let Some(eight) = b.get(i..i + 8).and_then(eight_digits) {
+                mantissa = mantissa.wrapping_mul(100_000_000).wrapping_add(eight);
+                count += 8;
+                i += 8;
+            }
+            while let Some(d @ b'0'..=b'9') = b.get(i).copied() {
                 mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
                 count += 1;
-                scan.i += 1;
+                i += 1;
             }
+            scan.i = i;
         };
         match self.peek() {
             Some(b'0') => self.i += 1,
@@ -623,9 +679,11 @@ impl Scan<'_, '_> {
 
     #[inline]
     fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.i += 1;
+        let mut i = self.i;
+        while let Some(b'0'..=b'9') = self.b.get(i) {
+            i += 1;
         }
+        self.i = i;
     }
 
     fn digits1(&mut self) -> Result<(), NotJson> {
@@ -658,6 +716,26 @@ fn parse_number(raw: &[u8]) -> Result<f64, NotJson> {
         Ok(n) if n.is_finite() => Ok(n),
         _ => Err(NotJson),
     }
+}
+
+/// The value of eight ASCII digits (little-endian load), or `None` when one is not a digit.
+/// The SWAR check and conversion of fast_float (Lemire): three multiplications for eight
+/// digits instead of eight.
+#[inline(always)]
+fn eight_digits(chunk: &[u8]) -> Option<u64> {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    let v = u64::from_le_bytes(word);
+    let high = 0xF0F0_F0F0_F0F0_F0F0;
+    if (v & high) | ((v.wrapping_add(0x0606_0606_0606_0606) & high) >> 4) != 0x3333_3333_3333_3333 {
+        return None;
+    }
+    const MASK: u64 = 0x0000_00FF_0000_00FF;
+    const MUL1: u64 = 0x000F_4240_0000_0064;
+    const MUL2: u64 = 0x0000_2710_0000_0001;
+    let v = v - 0x3030_3030_3030_3030;
+    let v = v.wrapping_mul(10) + (v >> 8);
+    Some(((v & MASK).wrapping_mul(MUL1) + ((v >> 16) & MASK).wrapping_mul(MUL2)) >> 32)
 }
 
 /// The index of the first `"`, `\` or control character at or after `i` (or the end).
@@ -1142,6 +1220,28 @@ data: [DONE]\n\n";
         fn every_written_double_reads_back(f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
             let text = serde_json::to_string(&f).unwrap();
             prop_assert_eq!(read_number(&text).unwrap().to_bits(), f.to_bits(), "{}", text);
+        }
+    }
+
+    #[test]
+    fn eight_digits_reads_only_eight_ascii_digits() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..10_000 {
+            let n = rng.u64(0..100_000_000);
+            let text = format!("{n:08}");
+            assert_eq!(eight_digits(text.as_bytes()), Some(n), "{text}");
+            // Any one byte that is not a digit, the neighbours of '0' and '9' included.
+            let mut bad = text.into_bytes();
+            let at = rng.usize(0..8);
+            bad[at] = loop {
+                let c = rng.u8(..);
+                if !c.is_ascii_digit() {
+                    break c;
+                }
+            };
+            assert_eq!(eight_digits(&bad), None, "{bad:?}");
+            bad[at] = if rng.bool() { b'/' } else { b':' };
+            assert_eq!(eight_digits(&bad), None, "{bad:?}");
         }
     }
 
