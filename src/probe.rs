@@ -292,7 +292,12 @@ impl Scan<'_, '_> {
             }
             Kind::Many => match (value, &mut *cell) {
                 (Scalar::Num(n), Found::Numbers(numbers)) => numbers.push(n),
-                (Scalar::Num(n), Found::Absent) => *cell = Found::Numbers(vec![n]),
+                (Scalar::Num(n), Found::Absent) => {
+                    // Token lists run to hundreds: skip the first few doublings.
+                    let mut numbers = Vec::with_capacity(64);
+                    numbers.push(n);
+                    *cell = Found::Numbers(numbers);
+                }
                 (_, _) => *cell = Found::NotNumbers,
             },
         }
