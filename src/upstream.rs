@@ -1,8 +1,8 @@
 //! Pin the model version in the request, forward it, and read the response with a cap.
 //!
-//! One pooled HTTP/1.1 client serves every upstream: pools are keyed by authority, so a rules
-//! reload never rebuilds them, and an upstream whose URL changed simply uses another pool
-//! while the old one's idle connections time out.
+//! One pool of keep-alive HTTP/1.1 connections (`upstream/pool.rs`) serves every upstream: idle lists
+//! are keyed by authority, so a rules reload never rebuilds them, and an upstream whose URL
+//! changed simply uses another list while the old one's idle connections time out.
 
 use std::time::Duration;
 
@@ -11,10 +11,9 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::uri::PathAndQuery;
 use http::{Request, StatusCode, Uri, Version, request};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
+
+mod pool;
 
 use crate::error::ProxyError;
 use crate::rules::{Task, Upstream};
@@ -59,7 +58,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    pool: std::sync::Arc<pool::Pool>,
     max_response_bytes: usize,
 }
 
@@ -72,15 +71,8 @@ pub struct UpstreamResponse {
 
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration, max_response_bytes: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         UpstreamClient {
-            client,
+            pool: std::sync::Arc::new(pool::Pool::new(connect_timeout, Duration::from_secs(60))),
             max_response_bytes,
         }
     }
@@ -94,9 +86,9 @@ impl UpstreamClient {
     ) -> Result<UpstreamResponse, ProxyError> {
         let req = self.build(upstream, parts, body)?;
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
+            let (resp, conn) = self
+                .pool
+                .send(&upstream.authority, req)
                 .await
                 .map_err(|e| ProxyError::Upstream(error_chain(&e)))?;
             let (head, body) = resp.into_parts();
@@ -114,6 +106,8 @@ impl UpstreamClient {
                     }
                 })?
                 .to_bytes();
+            // Read to the end: the connection can serve the next request.
+            self.pool.put_back(&upstream.authority, conn).await;
             let mut headers = head.headers;
             strip_hop_by_hop(&mut headers);
             Ok(UpstreamResponse {
@@ -143,22 +137,17 @@ impl UpstreamClient {
                     .map_err(|e| ProxyError::Upstream(format!("building upstream URI: {e}")))?
             }
         };
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| ProxyError::Upstream(format!("building upstream URI: {e}")))?;
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
+        headers.insert(header::HOST, upstream.host.clone());
         headers.insert(
             header::CONTENT_LENGTH,
             header::HeaderValue::from(body.len()),
         );
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
+        // Origin form: the request line carries the path, `host` the authority.
+        *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
         Ok(req)
@@ -315,6 +304,7 @@ mod tests {
             name: "m".into(),
             scheme: http::uri::Scheme::HTTP,
             authority: "model:8000".parse().unwrap(),
+            host: HeaderValue::from_static("model:8000"),
             base_path: base.into(),
             timeout: Duration::from_secs(1),
         };
@@ -326,12 +316,12 @@ mod tests {
         let req = client
             .build(&upstream(""), &parts, Bytes::from_static(b"{}"))
             .unwrap();
-        assert_eq!(req.uri(), "http://model:8000/v1/chat?x=1");
-        assert!(req.headers().get("host").is_none());
+        assert_eq!(req.uri(), "/v1/chat?x=1");
+        assert_eq!(req.headers()["host"], "model:8000");
         assert_eq!(req.headers()["content-length"], "2");
         let req = client
             .build(&upstream("/base"), &parts, Bytes::new())
             .unwrap();
-        assert_eq!(req.uri(), "http://model:8000/base/v1/chat?x=1");
+        assert_eq!(req.uri(), "/base/v1/chat?x=1");
     }
 }

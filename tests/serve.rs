@@ -9,6 +9,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -331,6 +333,117 @@ async fn a_review_item_many_frames_long_arrives_whole() {
         .expect("review item in the queue");
     assert_eq!(m.body["request"]["body"], request);
     assert_eq!(m.body["response"]["body"], answer);
+}
+
+/// A model server written by hand, to see its connections: it answers every request on a
+/// connection with `{"confidence":0.9}` and, per `close`, keeps the connection open, closes
+/// it after the answer without saying so, or answers with `connection: close`. It records
+/// the connections it accepted and every request head.
+async fn raw_upstream(
+    close: &'static str,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, seen) = (accepted.clone(), heads.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: the head, then content-length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    seen.lock().unwrap().push(head);
+                    let body = r#"{"confidence":0.9}"#;
+                    let extra = if close == "header" {
+                        "connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() || close != "open" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, heads)
+}
+
+/// Connections to the model server are kept and reused; one the server closed while it sat
+/// idle is replaced without the client seeing an error; `connection: close` is honoured.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_to_the_model_are_reused_and_closed_ones_replaced() {
+    let c = client();
+    for (close, expect_connections) in [("open", 1), ("silently", 8), ("header", 8)] {
+        let (addr, accepted, heads) = raw_upstream(close).await;
+        let t = Triage::start(&one_task_rules(&format!("http://{addr}"))).await;
+        for i in 0..8 {
+            let r = c
+                .post(format!("{}/v1/x", t.data))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{close}: request {i}");
+            assert_eq!(r.text().await.unwrap(), r#"{"confidence":0.9}"#);
+            // Time for the connection's end to be seen, as it would be between requests
+            // in production.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            expect_connections,
+            "{close}: connections the model server accepted"
+        );
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 8);
+        // Origin form, and the upstream's own authority as the host.
+        assert!(
+            heads[0].starts_with("post /v1/x http/1.1\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0].contains(&format!("host: {addr}\r\n")),
+            "{}",
+            heads[0]
+        );
+    }
 }
 
 fn missing_rules(url: &str) -> String {

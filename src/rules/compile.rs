@@ -276,6 +276,14 @@ fn compile_upstream(name: &str, raw: &RawUpstream, err: &mut Errors) -> Option<U
     if uri.query().is_some() {
         err.push(format!("{key}.url"), "an upstream URL cannot have a query");
     }
+    let host = match authority.port_u16() {
+        None | Some(80) => authority.host().to_owned(),
+        Some(port) => format!("{}:{port}", authority.host()),
+    };
+    let Ok(host) = http::HeaderValue::try_from(host) else {
+        err.push(format!("{key}.url"), "the host is not a valid host header");
+        return None;
+    };
     let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms == 0 {
         err.push(format!("{key}.timeout_ms"), "must be greater than 0");
@@ -284,6 +292,7 @@ fn compile_upstream(name: &str, raw: &RawUpstream, err: &mut Errors) -> Option<U
         name: name.into(),
         scheme: scheme.clone(),
         authority: authority.clone(),
+        host,
         base_path: uri.path().trim_end_matches('/').into(),
         timeout: Duration::from_millis(timeout_ms),
     })

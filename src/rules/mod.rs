@@ -39,6 +39,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    /// The `host` header sent upstream: the host, and the port unless it is 80.
+    pub host: http::HeaderValue,
     /// Path prefix of the upstream URL, without a trailing slash ("" for none).
     pub base_path: Box<str>,
     pub timeout: Duration,
