@@ -1,8 +1,8 @@
 //! Pin the model version in the request, forward it, and read the response with a cap.
 //!
-//! One pool of keep-alive HTTP/1.1 connections (`upstream/pool.rs`) serves every upstream: idle lists
-//! are keyed by authority, so a rules reload never rebuilds them, and an upstream whose URL
-//! changed simply uses another list while the old one's idle connections time out.
+//! One pool of keep-alive HTTP/1.1 connections (`upstream/pool.rs`) serves every upstream:
+//! idle lists are keyed by authority, so a rules reload never rebuilds them, and an upstream
+//! whose URL changed simply uses another list while the old one's idle connections time out.
 
 use std::time::Duration;
 
