@@ -107,7 +107,18 @@ impl Pool {
         if conn.sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().await;
+        // The oldest sit at the front of each list: let the ones idle too long go, for every
+        // authority, so that those of an upstream no longer used (its URL changed) go too.
+        for (_, list) in idle.iter_mut() {
+            while list
+                .front()
+                .is_some_and(|c| now.duration_since(c.since) > self.idle_timeout)
+            {
+                list.pop_front();
+            }
+        }
         let list = match idle.iter().position(|(a, _)| a == authority) {
             Some(i) => &mut idle[i].1,
             None => {
@@ -116,17 +127,10 @@ impl Pool {
                 &mut idle[last].1
             }
         };
-        // The oldest sit at the front: let the ones idle too long go.
-        while list
-            .front()
-            .is_some_and(|c| c.since.elapsed() > self.idle_timeout)
-        {
-            list.pop_front();
-        }
         if list.len() < MAX_IDLE_PER_AUTHORITY {
             list.push_back(Idle {
                 sender: conn.sender,
-                since: Instant::now(),
+                since: now,
             });
         }
     }
@@ -231,5 +235,14 @@ mod tests {
         exchange(&pool, &authority).await;
         assert_eq!(accepted(), 2, "the idle one expired; a new one was made");
         assert_eq!(pool.idle.lock().await[0].1.len(), 1, "and only it is kept");
+
+        // An authority no longer used: its idle connection goes when another one's returns.
+        let (other, _) = server().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        exchange(&pool, &other).await;
+        let idle = pool.idle.lock().await;
+        let kept = |a: &Authority| idle.iter().find(|(k, _)| k == a).map(|(_, l)| l.len());
+        assert_eq!(kept(&authority), Some(0));
+        assert_eq!(kept(&other), Some(1));
     }
 }
