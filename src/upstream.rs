@@ -56,6 +56,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Idle upstream connections are let go after this long: just under uvicorn's default
+/// keep-alive timeout of 5 s (vLLM's OpenAI server and most Python model servers run on
+/// it), so that triage drops a connection before the server closes it rather than racing
+/// the close. A request written into a connection the server is closing fails (502) and is
+/// never resent: the model may have run it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     pool: std::sync::Arc<pool::Pool>,
@@ -72,7 +79,7 @@ pub struct UpstreamResponse {
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration, max_response_bytes: usize) -> Self {
         UpstreamClient {
-            pool: std::sync::Arc::new(pool::Pool::new(connect_timeout, Duration::from_secs(60))),
+            pool: std::sync::Arc::new(pool::Pool::new(connect_timeout, IDLE_TIMEOUT)),
             max_response_bytes,
         }
     }

@@ -394,7 +394,8 @@ async fn raw_upstream(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
                         body.len()
                     );
-                    if stream.write_all(answer.as_bytes()).await.is_err() || close != "open" {
+                    // "header" keeps its end open: triage must close on the header alone.
+                    if stream.write_all(answer.as_bytes()).await.is_err() || close == "silently" {
                         return;
                     }
                 }

@@ -1,12 +1,13 @@
 //! Keep-alive HTTP/1.1 connections to the model servers: one list of idle connections per
 //! authority, most recently used first.
 //!
-//! This replaces hyper-util's pooled client, whose checkout, return and hashed lookup were
-//! about 6–7k instructions of a 0.8 KB request (callgrind), and keeps the one thing of its
-//! behaviour that matters here: a request that could not even start on an idle connection
-//! (the model server closed it while it sat in the list) goes again, on the next idle
-//! connection or a new one. A request that was written and then lost is not retried: the
-//! model may have run it.
+//! This replaces hyper-util's pooled client (11.6k instructions of a 0.8 KB request went to
+//! it beyond hyper's own connection work, callgrind) and keeps what of its behaviour
+//! matters here: only a connection ready for another request is pooled or taken (one the
+//! model server closed, or one still busy, is dropped), a request hyper hands back unsent
+//! goes again on the next idle connection or a new one, and each address of a name gets
+//! its share of the connect timeout. A request that was written and then lost is never
+//! resent: the model may have run it.
 //!
 //! The lock (tokio's, uncontended in the common case) guards a push or a pop and is never
 //! held across anything else; reloads and the metrics exporter never take it.
@@ -83,11 +84,6 @@ impl Pool {
         mut req: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Conn), Error> {
         while let Some(mut sender) = self.checkout(authority).await {
-            // Waits only for a connection still settling after its last response; one the
-            // server closed answers with an error at once.
-            if sender.ready().await.is_err() {
-                continue;
-            }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Conn { sender })),
                 Err(mut e) => match e.take_message() {
@@ -102,9 +98,11 @@ impl Pool {
         Ok((resp, Conn { sender }))
     }
 
-    /// Give a connection back once its response body has been read to the end.
+    /// Give a connection back once its response body has been read to the end. Only one
+    /// ready for the next request is kept: one still busy (say, still sending a request
+    /// body the server answered early) is closed rather than left for a request to wait on.
     pub async fn put_back(&self, authority: &Authority, conn: Conn) {
-        if conn.sender.is_closed() {
+        if !conn.sender.is_ready() {
             return;
         }
         let now = Instant::now();
@@ -135,7 +133,7 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open and fresh.
+    /// The most recently used idle connection that is still ready and fresh.
     async fn checkout(&self, authority: &Authority) -> Option<Sender> {
         let mut idle = self.idle.lock().await;
         let list = &mut idle.iter_mut().find(|(a, _)| a == authority)?.1;
@@ -145,7 +143,7 @@ impl Pool {
                 list.clear();
                 return None;
             }
-            if !c.sender.is_closed() {
+            if c.sender.is_ready() {
                 return Some(c.sender);
             }
         }
@@ -160,10 +158,7 @@ impl Pool {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| Error::ConnectTimeout(authority.clone()))?
-            .map_err(|e| Error::Connect(authority.clone(), e))?;
+        let stream = self.dial(authority, host, port).await?;
         // Headers and body go out in one write already; no Nagle delay on top.
         stream
             .set_nodelay(true)
@@ -178,6 +173,32 @@ impl Pool {
             }
         });
         Ok(sender)
+    }
+
+    /// Resolve, then try each address in turn with an equal share of the connect timeout,
+    /// as hyper-util's connector did: a dead first address (a gone pod still in DNS) does
+    /// not eat the whole budget of the live ones.
+    async fn dial(&self, authority: &Authority, host: &str, port: u16) -> Result<TcpStream, Error> {
+        let timed_out = || Error::ConnectTimeout(authority.clone());
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| Error::Connect(authority.clone(), e))?
+                .collect();
+        let share = self.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+        let mut last = Error::Connect(
+            authority.clone(),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "resolved to no address"),
+        );
+        for addr in addrs {
+            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => last = Error::Connect(authority.clone(), e),
+                Err(_) => last = timed_out(),
+            }
+        }
+        Err(last)
     }
 }
 
