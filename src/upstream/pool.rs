@@ -266,4 +266,37 @@ mod tests {
         assert_eq!(kept(&authority), Some(0));
         assert_eq!(kept(&other), Some(1));
     }
+
+    /// The server answers before reading the request body (a 413, say) and keeps the
+    /// connection: hyper is still sending the body, so the connection is not ready and must
+    /// not be pooled, or the next request would wait on it.
+    #[tokio::test]
+    async fn a_connection_still_sending_is_not_pooled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                open.push(stream); // never read again, never closed
+            }
+        });
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..2 {
+            let req = Request::post("/")
+                .header("host", authority.as_str())
+                .body(Full::new(Bytes::from(vec![b'x'; 16 << 20])))
+                .unwrap();
+            let sent = tokio::time::timeout(Duration::from_secs(5), pool.send(&authority, req));
+            let (resp, conn) = sent.await.expect("no wait on a busy connection").unwrap();
+            assert_eq!(resp.status(), 413);
+            resp.into_body().collect().await.unwrap();
+            pool.put_back(&authority, conn).await;
+        }
+        assert!(pool.idle.lock().await.iter().all(|(_, l)| l.is_empty()));
+    }
 }
