@@ -13,6 +13,7 @@
 //! held across anything else; reloads and the metrics exporter never take it.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -175,31 +176,43 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Resolve, then try each address in turn with an equal share of the connect timeout,
-    /// as hyper-util's connector did: a dead first address (a gone pod still in DNS) does
-    /// not eat the whole budget of the live ones.
+    /// Resolve, then try each address in turn with an equal share of what is left of the
+    /// connect timeout, as hyper-util's connector did: a dead first address (a gone pod
+    /// still in DNS) does not eat the whole budget of the live ones.
     async fn dial(&self, authority: &Authority, host: &str, port: u16) -> Result<TcpStream, Error> {
-        let timed_out = || Error::ConnectTimeout(authority.clone());
-        let addrs: Vec<std::net::SocketAddr> =
+        let started = Instant::now();
+        let addrs: Vec<SocketAddr> =
             tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((host, port)))
                 .await
-                .map_err(|_| timed_out())?
+                .map_err(|_| Error::ConnectTimeout(authority.clone()))?
                 .map_err(|e| Error::Connect(authority.clone(), e))?
                 .collect();
-        let share = self.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
-        let mut last = Error::Connect(
-            authority.clone(),
-            std::io::Error::new(std::io::ErrorKind::NotFound, "resolved to no address"),
-        );
-        for addr in addrs {
-            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(e)) => last = Error::Connect(authority.clone(), e),
-                Err(_) => last = timed_out(),
-            }
-        }
-        Err(last)
+        // The lookup counts against the same budget.
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        connect_any(authority, &addrs, left).await
     }
+}
+
+/// The first of `addrs` that accepts, each given an equal share of `budget`.
+async fn connect_any(
+    authority: &Authority,
+    addrs: &[SocketAddr],
+    budget: Duration,
+) -> Result<TcpStream, Error> {
+    let timed_out = || Error::ConnectTimeout(authority.clone());
+    let share = budget / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+    let mut last = Error::Connect(
+        authority.clone(),
+        std::io::Error::new(std::io::ErrorKind::NotFound, "resolved to no address"),
+    );
+    for addr in addrs {
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last = Error::Connect(authority.clone(), e),
+            Err(_) => last = timed_out(),
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]
@@ -298,5 +311,28 @@ mod tests {
             pool.put_back(&authority, conn).await;
         }
         assert!(pool.idle.lock().await.iter().all(|(_, l)| l.is_empty()));
+    }
+
+    /// A name with several addresses: a refused one is passed over for the next.
+    #[tokio::test]
+    async fn every_address_of_a_name_is_tried() {
+        let (live, accepted) = server().await;
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let live_addr: SocketAddr = live.as_str().parse().unwrap();
+        let stream = connect_any(&live, &[dead, live_addr], Duration::from_secs(2)).await;
+        assert_eq!(stream.unwrap().peer_addr().unwrap(), live_addr);
+        let only_dead = connect_any(&live, &[dead], Duration::from_secs(2)).await;
+        assert!(
+            matches!(only_dead, Err(Error::Connect(..))),
+            "{only_dead:?}"
+        );
+        assert!(matches!(
+            connect_any(&live, &[], Duration::from_secs(2)).await,
+            Err(Error::Connect(..))
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
