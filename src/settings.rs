@@ -133,8 +133,8 @@ pub struct ServeArgs {
     /// volumes where file events do not arrive; unchanged content is a no-op.
     #[arg(long, env = "TRIAGE_RULES_POLL_INTERVAL_MS", default_value_t = 30_000)]
     pub rules_poll_interval_ms: u64,
-    /// Runtime worker threads (default: one per CPU).
-
+    /// Runtime worker threads (default: one per CPU, cgroup quota counted); with one, the
+    /// current-thread scheduler.
     #[arg(long, env = "TRIAGE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     /// One structured line per request (task, variant, decision, status, confidence, review
