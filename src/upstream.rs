@@ -309,7 +309,6 @@ mod tests {
         let client = UpstreamClient::new(Duration::from_secs(1), 1024);
         let upstream = |base: &str| Upstream {
             name: "m".into(),
-            scheme: http::uri::Scheme::HTTP,
             authority: "model:8000".parse().unwrap(),
             host: HeaderValue::from_static("model:8000"),
             base_path: base.into(),

@@ -358,16 +358,25 @@ async fn raw_upstream(
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                // More bytes into `buf`; false once the client has gone.
+                async fn more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => false,
+                        Ok(n) => {
+                            buf.extend_from_slice(&chunk[..n]);
+                            true
+                        }
+                    }
+                }
                 loop {
                     // One request: the head, then content-length bytes of body.
                     let head_end = loop {
                         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             break i + 4;
                         }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        if !more(&mut stream, &mut buf).await {
+                            return;
                         }
                     };
                     let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
@@ -376,10 +385,8 @@ async fn raw_upstream(
                         .find_map(|l| l.strip_prefix("content-length:"))
                         .map_or(0, |v| v.trim().parse().unwrap());
                     while buf.len() < head_end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        if !more(&mut stream, &mut buf).await {
+                            return;
                         }
                     }
                     buf.drain(..head_end + length);

@@ -290,7 +290,6 @@ fn compile_upstream(name: &str, raw: &RawUpstream, err: &mut Errors) -> Option<U
     }
     Some(Upstream {
         name: name.into(),
-        scheme: scheme.clone(),
         authority: authority.clone(),
         host,
         base_path: uri.path().trim_end_matches('/').into(),

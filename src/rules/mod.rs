@@ -37,7 +37,6 @@ pub struct RuleSet {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Upstream {
     pub name: Arc<str>,
-    pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     /// The `host` header sent upstream: the host, and the port unless it is 80.
     pub host: http::HeaderValue,

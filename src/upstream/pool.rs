@@ -118,14 +118,14 @@ impl Pool {
                 list.pop_front();
             }
         }
-        let list = match idle.iter().position(|(a, _)| a == authority) {
-            Some(i) => &mut idle[i].1,
-            None => {
+        let at = idle
+            .iter()
+            .position(|(a, _)| a == authority)
+            .unwrap_or_else(|| {
                 idle.push((authority.clone(), VecDeque::new()));
-                let last = idle.len() - 1;
-                &mut idle[last].1
-            }
-        };
+                idle.len() - 1
+            });
+        let list = &mut idle[at].1;
         if list.len() < MAX_IDLE_PER_AUTHORITY {
             list.push_back(Idle {
                 sender: conn.sender,
