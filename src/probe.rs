@@ -102,17 +102,81 @@ impl Found {
     }
 }
 
+/// Where the walk goes from one value. An array element is walked by exactly one node: its
+/// index's when there is one, which then holds the `each` paths as well (an element at
+/// `/a/0` is also one of `/a/*`), else `each`.
 #[derive(Debug, Default, Clone)]
 struct Node {
-    children: Vec<(Step, Node)>,
-    slot: Option<(usize, Kind)>,
+    /// Object members, by key.
+    keys: Vec<(Box<str>, Node)>,
+    /// Array elements, by index.
+    items: Vec<(usize, Node)>,
+    /// Array elements without an entry in `items`.
+    each: Option<Box<Node>>,
+    /// The slots this value fills.
+    slots: Vec<(usize, Kind)>,
+}
+
+impl Node {
+    fn insert(&mut self, steps: &[Step], slot: (usize, Kind)) {
+        let Some((step, rest)) = steps.split_first() else {
+            self.slots.push(slot);
+            return;
+        };
+        match step {
+            Step::Token { key, index } => {
+                self.key(key).insert(rest, slot);
+                if let Some(index) = *index {
+                    self.item(index).insert(rest, slot);
+                }
+            }
+            Step::Each => {
+                self.each.get_or_insert_default().insert(rest, slot);
+                for (_, item) in &mut self.items {
+                    item.insert(rest, slot);
+                }
+            }
+        }
+    }
+
+    fn key(&mut self, key: &str) -> &mut Node {
+        let pos = match self.keys.iter().position(|(k, _)| **k == *key) {
+            Some(pos) => pos,
+            None => {
+                self.keys.push((key.into(), Node::default()));
+                self.keys.len() - 1
+            }
+        };
+        &mut self.keys[pos].1
+    }
+
+    /// An index's node; a new one starts with the `each` paths added so far.
+    fn item(&mut self, index: usize) -> &mut Node {
+        let pos = match self.items.iter().position(|(i, _)| *i == index) {
+            Some(pos) => pos,
+            None => {
+                let each = self.each.as_deref().cloned().unwrap_or_default();
+                self.items.push((index, each));
+                self.items.len() - 1
+            }
+        };
+        &mut self.items[pos].1
+    }
+
+    fn is_leaf(&self) -> bool {
+        self.slots.is_empty()
+            && self.keys.is_empty()
+            && self.items.is_empty()
+            && self.each.is_none()
+    }
 }
 
 /// A compiled set of paths. Build with [`Probe::add`], run with [`Probe::run`].
 #[derive(Debug, Default, Clone)]
 pub struct Probe {
     root: Node,
-    slots: usize,
+    /// Every path added; a path's slot is its index here.
+    paths: Vec<(Vec<Step>, Kind)>,
 }
 
 /// The body was not JSON (or nested deeper than serde_json's recursion limit).
@@ -121,31 +185,23 @@ pub struct NotJson;
 
 impl Probe {
     /// Add a path; returns the slot index its value will be found at.
+    /// The same path added twice with the same kind shares its slot.
     pub fn add(&mut self, steps: &[Step], kind: Kind) -> usize {
-        let mut node = &mut self.root;
-        for step in steps {
-            let pos = match node.children.iter().position(|(s, _)| s == step) {
-                Some(pos) => pos,
-                None => {
-                    node.children.push((step.clone(), Node::default()));
-                    node.children.len() - 1
-                }
-            };
-            node = &mut node.children[pos].1;
-        }
-        if let Some((slot, existing)) = node.slot
-            && existing == kind
+        if let Some(slot) = self
+            .paths
+            .iter()
+            .position(|(s, k)| s == steps && *k == kind)
         {
             return slot;
         }
-        let slot = self.slots;
-        self.slots += 1;
-        node.slot = Some((slot, kind));
+        let slot = self.paths.len();
+        self.paths.push((steps.to_vec(), kind));
+        self.root.insert(steps, (slot, kind));
         slot
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots == 0
+        self.paths.is_empty()
     }
 
     /// Walk every `data:` event of a server-sent-events body (a streamed completion) and
@@ -153,9 +209,9 @@ impl Probe {
     /// keep the last value that is neither absent nor null. Events that are not JSON
     /// (`[DONE]`, comments) are skipped; no JSON event at all is `NotJson`.
     pub fn run_events(&self, body: &[u8]) -> Result<Vec<Found>, NotJson> {
-        let mut merged = vec![Found::Absent; self.slots];
+        let mut merged = vec![Found::Absent; self.paths.len()];
         // One scratch row for every event: its number lists keep their capacity.
-        let mut event = vec![Found::Absent; self.slots];
+        let mut event = vec![Found::Absent; self.paths.len()];
         let mut any = false;
         for line in body.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -188,7 +244,7 @@ impl Probe {
 
     /// Walk `body` once and return one [`Found`] per slot.
     pub fn run(&self, body: &[u8]) -> Result<Vec<Found>, NotJson> {
-        let mut out = vec![Found::Absent; self.slots];
+        let mut out = vec![Found::Absent; self.paths.len()];
         self.run_into(body, &mut out)?;
         Ok(out)
     }
@@ -235,6 +291,7 @@ struct Scan<'b, 'o> {
     out: &'o mut [Found],
 }
 
+#[derive(Clone, Copy)]
 enum Scalar<'a> {
     Num(f64),
     Str(&'a str),
@@ -275,37 +332,16 @@ impl Scan<'_, '_> {
     }
 
     fn put(&mut self, node: &Node, value: Scalar<'_>) {
-        let Some((slot, kind)) = node.slot else {
-            return;
-        };
-        let Some(cell) = self.out.get_mut(slot) else {
-            return;
-        };
-        match kind {
-            Kind::One => {
-                *cell = match value {
-                    Scalar::Num(n) => Found::Number(n),
-                    Scalar::Str(s) => Found::Str(s.into()),
-                    Scalar::Null => Found::Null,
-                    Scalar::Other => Found::Other,
-                }
+        for &(slot, kind) in &node.slots {
+            if let Some(cell) = self.out.get_mut(slot) {
+                fill(cell, kind, value);
             }
-            Kind::Many => match (value, &mut *cell) {
-                (Scalar::Num(n), Found::Numbers(numbers)) => numbers.push(n),
-                (Scalar::Num(n), Found::Absent) => {
-                    // Token lists run to hundreds: skip the first few doublings.
-                    let mut numbers = Vec::with_capacity(64);
-                    numbers.push(n);
-                    *cell = Found::Numbers(numbers);
-                }
-                (_, _) => *cell = Found::NotNumbers,
-            },
         }
     }
 
     /// One value where the probe has a node: descend where it branches, record its slot.
     fn value(&mut self, node: &Node) -> Result<(), NotJson> {
-        if node.slot.is_none() && node.children.is_empty() {
+        if node.is_leaf() {
             return self.skip();
         }
         match self.peek().ok_or(NotJson)? {
@@ -319,7 +355,7 @@ impl Scan<'_, '_> {
             }
             b'"' => {
                 let span = self.string()?;
-                if matches!(node.slot, Some((_, Kind::One))) {
+                if node.slots.iter().any(|&(_, kind)| kind == Kind::One) {
                     let text = text(self.b, &span)?;
                     self.put(node, Scalar::Str(&text));
                 } else {
@@ -338,7 +374,7 @@ impl Scan<'_, '_> {
                 Ok(())
             }
             _ => {
-                if node.slot.is_some() {
+                if !node.slots.is_empty() {
                     let n = self.number_value()?;
                     self.put(node, Scalar::Num(n));
                 } else {
@@ -427,7 +463,7 @@ impl Scan<'_, '_> {
                 return Err(NotJson);
             }
             let key = self.string()?;
-            let child = if node.children.is_empty() {
+            let child = if node.keys.is_empty() {
                 None
             } else {
                 self.find_child(node, &key)?
@@ -448,12 +484,10 @@ impl Scan<'_, '_> {
         }
         let mut index = 0usize;
         loop {
-            // An element can match one branch: `Each` or its own index, whichever comes first.
-            let child = node.children.iter().find_map(|(step, child)| match step {
-                Step::Each => Some(child),
-                Step::Token { index: Some(i), .. } if *i == index => Some(child),
-                Step::Token { .. } => None,
-            });
+            let child = match node.items.iter().find(|(i, _)| *i == index) {
+                Some((_, item)) => Some(item),
+                None => node.each.as_deref(),
+            };
             self.member(child)?;
             if !self.more(b']')? {
                 return Ok(());
@@ -520,10 +554,10 @@ impl Scan<'_, '_> {
         } else {
             raw
         };
-        Ok(node.children.iter().find_map(|(step, child)| match step {
-            Step::Token { key: k, .. } if k.as_bytes() == key => Some(child),
-            _ => None,
-        }))
+        Ok(node
+            .keys
+            .iter()
+            .find_map(|(k, child)| (k.as_bytes() == key).then_some(child)))
     }
 
     /// Step over a string (at its opening quote); return its raw span.
@@ -708,6 +742,30 @@ impl Scan<'_, '_> {
         } else {
             Ok(())
         }
+    }
+}
+
+/// Record one value in a slot's cell.
+fn fill(cell: &mut Found, kind: Kind, value: Scalar<'_>) {
+    match kind {
+        Kind::One => {
+            *cell = match value {
+                Scalar::Num(n) => Found::Number(n),
+                Scalar::Str(s) => Found::Str(s.into()),
+                Scalar::Null => Found::Null,
+                Scalar::Other => Found::Other,
+            }
+        }
+        Kind::Many => match (value, &mut *cell) {
+            (Scalar::Num(n), Found::Numbers(numbers)) => numbers.push(n),
+            (Scalar::Num(n), Found::Absent) => {
+                // Token lists run to hundreds: skip the first few doublings.
+                let mut numbers = Vec::with_capacity(64);
+                numbers.push(n);
+                *cell = Found::Numbers(numbers);
+            }
+            (_, _) => *cell = Found::NotNumbers,
+        },
     }
 }
 
@@ -995,6 +1053,34 @@ data: [DONE]\n\n";
     }
 
     /// Found by fuzzing (fuzz/regressions/pointer_parse/plus-sign-array-index).
+    /// An element reached both by its index and by "every element" fills both slots,
+    /// whichever path was added first; an object's key "0" is not an array element.
+    #[test]
+    fn an_element_at_an_index_is_also_one_of_every_element() {
+        let mut each = steps("/a");
+        each.extend([Step::Each, Step::token("b")]);
+        for index_first in [true, false] {
+            let mut probe = Probe::default();
+            let (one, many) = if index_first {
+                let one = probe.add(&steps("/a/0/b"), Kind::One);
+                (one, probe.add(&each, Kind::Many))
+            } else {
+                let many = probe.add(&each, Kind::Many);
+                (probe.add(&steps("/a/0/b"), Kind::One), many)
+            };
+            let found = probe.run(br#"{"a":[{"b":1},{"b":2}]}"#).unwrap();
+            assert_eq!(found[one], Found::Number(1.0), "index first: {index_first}");
+            assert_eq!(
+                found[many],
+                Found::Numbers(vec![1.0, 2.0]),
+                "index first: {index_first}"
+            );
+            let found = probe.run(br#"{"a":{"0":{"b":1}}}"#).unwrap();
+            assert_eq!(found[one], Found::Number(1.0));
+            assert_eq!(found[many], Found::Absent);
+        }
+    }
+
     #[test]
     fn only_digits_make_an_array_index() {
         for key in ["+1", "-1", " 1", "1 ", "1e0", "0x1"] {
