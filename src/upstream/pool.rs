@@ -109,15 +109,17 @@ impl Pool {
         let now = Instant::now();
         let mut idle = self.idle.lock().await;
         // The oldest sit at the front of each list: let the ones idle too long go, for every
-        // authority, so that those of an upstream no longer used (its URL changed) go too.
-        for (_, list) in idle.iter_mut() {
+        // authority, so that those of an upstream no longer used (its URL changed) go too,
+        // and its entry with them.
+        idle.retain_mut(|(a, list)| {
             while list
                 .front()
                 .is_some_and(|c| now.duration_since(c.since) > self.idle_timeout)
             {
                 list.pop_front();
             }
-        }
+            !list.is_empty() || a == authority
+        });
         let at = idle
             .iter()
             .position(|(a, _)| a == authority)
@@ -270,13 +272,14 @@ mod tests {
         assert_eq!(accepted(), 2, "the idle one expired; a new one was made");
         assert_eq!(pool.idle.lock().await[0].1.len(), 1, "and only it is kept");
 
-        // An authority no longer used: its idle connection goes when another one's returns.
+        // An authority no longer used: its idle connection, and its entry, go when another
+        // one's connection returns.
         let (other, _) = server().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         exchange(&pool, &other).await;
         let idle = pool.idle.lock().await;
         let kept = |a: &Authority| idle.iter().find(|(k, _)| k == a).map(|(_, l)| l.len());
-        assert_eq!(kept(&authority), Some(0));
+        assert_eq!(kept(&authority), None);
         assert_eq!(kept(&other), Some(1));
     }
 
