@@ -713,8 +713,8 @@ impl Scan<'_, '_> {
                 let m = mantissa as f64;
                 return Ok(sign(if scale >= 0 { m * power } else { m / power }));
             }
-            // Logprobs printed with 17 significant digits (about half of them) pass
-            // Clinger's 53 bits.
+            // Past Clinger's 53 bits: a logprob printed with 17 significant digits (half of
+            // the mock's; a float32 widened to a double often prints so).
             if scale < 0
                 && let Ok(k) = u32::try_from(scale.unsigned_abs())
                 && let Some(value) = quotient(mantissa, k)
@@ -794,9 +794,9 @@ fn parse_number(raw: &[u8]) -> Result<f64, NotJson> {
 /// `None`. `m / 10^k` is `(m / 5^k) / 2^k`, and dividing by a power of two is exact, so only
 /// `m / 5^k` needs rounding. `m` is shifted to the top of 128 bits first, which leaves the
 /// integer quotient at least 65 bits wide; a nonzero remainder is folded into its lowest
-/// bit (a sticky bit), two places below the rounding position, and the conversion of that
-/// integer to `f64` (round to nearest, ties to even) then rounds exactly as the true
-/// quotient would. A u128-by-u64 division costs a fraction of `str::parse`.
+/// bit (a sticky bit), at least 11 places below the rounding position, and the conversion
+/// of that integer to `f64` (round to nearest, ties to even) then rounds exactly as the
+/// true quotient would. A u128-by-u64 division costs a fraction of `str::parse`.
 #[inline]
 fn quotient(m: u64, k: u32) -> Option<f64> {
     if m == 0 || !(1..=27).contains(&k) {
