@@ -6,7 +6,7 @@
 //! `route` (match task, choose variant) → `upstream` (pin version, forward) → `observe`
 //! (`probe` + `confidence`) → `decide` → `review` (publish, `spool` fallback) → respond.
 //! Control plane: `rules` (load, compile, reload), `amqp`, `verdicts`, `metrics`, `admin`,
-//! `settings`.
+//! `settings`, `logline` (log lines written off the request path).
 
 pub mod admin;
 pub mod amqp;
@@ -14,6 +14,7 @@ pub mod confidence;
 pub mod decide;
 pub mod error;
 pub mod guard;
+pub mod logline;
 pub mod metrics;
 pub mod observe;
 pub mod probe;

@@ -64,20 +64,34 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Logs go to stderr from a background thread, in batches: a line per request written
-/// straight to stderr cost a `write` syscall each, 14 % of a core at 8k req/s (profile in
-/// the README). Should the consumer of stderr stall, lines queue up to 16k (two seconds of
-/// access log at 8k req/s) and are then dropped rather than stalling requests. The guard
-/// flushes what is queued when it drops. Colours only on a terminal.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr from a background thread that wakes every 50 ms, not per line
+/// (`logline`): a line per request written straight to stderr cost a `write` syscall each,
+/// 14 % of a core at 8k req/s, and a thread woken per line still cost a wake-up and a
+/// `write` each (profile in the README). Should the consumer of stderr stall, lines queue up
+/// to 16k (two seconds of access log at 8k req/s) and are then dropped rather than stalling
+/// requests. Dropping the returned guard writes what is queued. Colours only on a terminal.
+fn init_tracing(format: LogFormat) -> Option<triage::logline::Flush> {
+    match triage::logline::spawn(std::io::stderr()) {
+        Ok((lines, flush)) => {
+            install_subscriber(format, lines);
+            Some(flush)
+        }
+        Err(e) => {
+            // No thread to spare: log straight to stderr rather than not at all.
+            install_subscriber(format, std::io::stderr);
+            tracing::warn!(error = %e, "no log thread: logging from the request path");
+            None
+        }
+    }
+}
+
+fn install_subscriber<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(16 * 1024)
-        .lossy(true)
-        .finish(stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(terminal)
@@ -86,7 +100,6 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
 }
 
 /// Called once both listeners are bound and `listening …` is printed (`triage demo` prints

@@ -448,13 +448,18 @@ async fn one_json_line_per_request_without_prompt_or_output() {
         .to_str()
         .unwrap()
         .to_string();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Log lines go out every 50 ms from triage's log thread.
+    let access = |log: &str| {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "triage::access")
+    };
+    let started = Instant::now();
+    while access(&t.stderr()).is_none() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = t.stderr();
-    let line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["target"] == "triage::access")
-        .unwrap_or_else(|| panic!("no access line in:\n{log}"));
+    let line = access(&log).unwrap_or_else(|| panic!("no access line in:\n{log}"));
     assert_eq!(line["task"], "chat");
     assert_eq!(line["variant"], "stable");
     assert_eq!(line["decision"], "review");
