@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::{self, JoinHandle, Thread};
+use std::thread::{self, Thread};
 use std::time::Duration;
 
 use tracing::{Level, Metadata};
@@ -22,6 +22,9 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const TICK: Duration = Duration::from_millis(50);
 /// Lines queued before new ones are dropped: two seconds of access log at 8k req/s.
 pub const QUEUED_LINES: usize = 16 * 1024;
+/// How long shutdown waits for the queued lines to be written: a stalled stderr must not
+/// keep the process from exiting.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// Where the subscriber's lines go (`MakeWriter`); cheap to clone.
 #[derive(Clone)]
@@ -30,10 +33,13 @@ pub struct Lines {
     writer: Thread,
 }
 
-/// Dropping it writes what is queued and stops the writer thread.
+/// Dropping it writes what is queued and stops the writer thread, waiting at most
+/// [`FLUSH_WAIT`].
 pub struct Flush {
     closing: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    writer: Thread,
+    /// Disconnected when the writer thread has written everything and ended.
+    finished: Receiver<()>,
 }
 
 /// Start the writer thread over `sink`.
@@ -48,15 +54,23 @@ fn spawn_with<W: Write + Send + 'static>(
     let (queue, lines) = sync_channel(QUEUED_LINES);
     let closing = Arc::new(AtomicBool::new(false));
     let stop = closing.clone();
+    let (ended, finished) = sync_channel::<()>(0);
     let handle = thread::Builder::new()
         .name("triage-log".into())
-        .spawn(move || write_until_closed(&lines, sink, tick, &stop))?;
+        .spawn(move || {
+            write_until_closed(&lines, sink, tick, &stop);
+            drop(ended);
+        })?;
     let writer = handle.thread().clone();
     Ok((
-        Lines { queue, writer },
+        Lines {
+            queue,
+            writer: writer.clone(),
+        },
         Flush {
             closing,
-            handle: Some(handle),
+            writer,
+            finished,
         },
     ))
 }
@@ -90,10 +104,10 @@ fn write_until_closed<W: Write>(
 impl Drop for Flush {
     fn drop(&mut self) {
         self.closing.store(true, Ordering::Release);
-        if let Some(handle) = self.handle.take() {
-            handle.thread().unpark();
-            let _ = handle.join();
-        }
+        self.writer.unpark();
+        // Disconnected once the thread is done; past the wait it is left behind, stuck in
+        // a `write`, and ends with the process.
+        let _ = self.finished.recv_timeout(FLUSH_WAIT);
     }
 }
 
@@ -198,6 +212,20 @@ mod tests {
         }
     }
 
+    /// A sink whose writes block until the test drops the sender: a stderr pipe nobody
+    /// reads.
+    struct Stuck(Receiver<()>);
+
+    impl Write for Stuck {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     fn line(lines: &Lines, text: &str) {
         lines.make_writer().write_all(text.as_bytes()).unwrap();
     }
@@ -253,17 +281,6 @@ mod tests {
 
     #[test]
     fn a_stalled_reader_costs_lines_not_requests() {
-        // A sink that blocks until released, as a stderr pipe nobody reads.
-        struct Stuck(Receiver<()>);
-        impl Write for Stuck {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                let _ = self.0.recv();
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let (release, blocked) = channel::<()>();
         let (lines, flush) = spawn(Stuck(blocked)).unwrap();
         // Declared after `flush`, so dropped before it should the assertion below fail:
@@ -285,5 +302,25 @@ mod tests {
         producer.join().unwrap();
         drop(release);
         drop(flush);
+    }
+
+    #[test]
+    fn shutdown_does_not_wait_on_a_stalled_reader() {
+        let (release, blocked) = channel::<()>();
+        let (lines, flush) = spawn_with(Stuck(blocked), Duration::from_millis(1)).unwrap();
+        // More than the writer's 64 KiB buffer, so that it is stuck in a `write`.
+        for i in 0..1000 {
+            line(&lines, &format!("{i:0>99}\n"));
+        }
+        let (done, dropped) = channel();
+        thread::spawn(move || {
+            drop(flush);
+            let _ = done.send(());
+        });
+        assert!(
+            dropped.recv_timeout(FLUSH_WAIT * 5).is_ok(),
+            "shutdown waited on the stalled sink"
+        );
+        drop(release);
     }
 }
