@@ -477,7 +477,7 @@ async fn a_guardrail_halts_a_bad_canary_after_min_requests_and_a_weight_change_c
         assert_eq!(r.headers()["x-triage-variant"], "canary");
     }
     assert_eq!(halted().await, 1.0, "20 escalations out of 20 breach 0.5");
-    assert!(t.stderr().contains("rollout halted"));
+    assert!(t.logged("rollout halted").await);
     for user in &canary_users[20..] {
         let r = post(&c, &t, user, json!({"model": "gpt-4o"}), &[]).await;
         assert_eq!(

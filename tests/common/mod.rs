@@ -534,6 +534,19 @@ impl Triage {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Whether `text` reaches triage's stderr within 5 s: log lines are written by a
+    /// background thread (within 50 ms; warnings and errors at once).
+    pub async fn logged(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.stderr().contains(text) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.admin))
             .await
