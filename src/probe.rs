@@ -1365,7 +1365,7 @@ data: [DONE]\n\n";
 
     /// The quotients whose truncated bits sit exactly on a rounding midpoint while the
     /// division left a remainder: only the sticky bit tells them from true ties. They are
-    /// about one in 4,000 at large `k`, so they are searched for rather than hoped for.
+    /// about one in 50,000 at large `k`, so they are searched for rather than hoped for.
     #[test]
     fn quotients_just_above_a_midpoint_round_up() {
         let mut rng = fastrand::Rng::with_seed(7);
