@@ -200,12 +200,7 @@ async fn a_full_queue_that_rejects_publishes_gets_spool_then_deliver_never_a_los
     let c = client();
     let mut ids = Vec::new();
     for _ in 0..8 {
-        let r = c
-            .post(format!("{}/v1/x", t.data))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = t.post_empty(&c).await;
         let status = r.status().as_u16();
         let v: serde_json::Value = r.json().await.unwrap();
         assert!(status == 202 || status == 503, "{status}: {v}");
@@ -242,12 +237,7 @@ async fn kill_9_with_spooled_holds_then_restart_delivers_them_all() {
     let c = client();
     let mut ids = Vec::new();
     for _ in 0..20 {
-        let r = c
-            .post(format!("{}/v1/x", first.data))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = first.post_empty(&c).await;
         assert_eq!(r.status(), 202);
         let v: serde_json::Value = r.json().await.unwrap();
         ids.push(v["review_id"].as_str().unwrap().to_string());
@@ -297,12 +287,7 @@ async fn a_full_spool_fails_closed_and_a_broken_one_shows_in_readyz_and_metrics(
     let c = client();
     let mut statuses = Vec::new();
     for _ in 0..20 {
-        let r = c
-            .post(format!("{}/v1/x", t.data))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = t.post_empty(&c).await;
         let status = r.status().as_u16();
         if status == 503 {
             let v: serde_json::Value = r.json().await.unwrap();
@@ -334,12 +319,7 @@ async fn a_full_spool_fails_closed_and_a_broken_one_shows_in_readyz_and_metrics(
             .join("00000000000000000001.spool"),
     )
     .unwrap();
-    let r = c
-        .post(format!("{}/v1/x", t.data))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = t.post_empty(&c).await;
     assert_eq!(r.status(), 503);
     assert_eq!(t.metric("triage_spool_errors_total", &[]).await, 1.0);
     let (status, ready) = t.readyz().await;
@@ -495,12 +475,7 @@ async fn slow_and_hostile_clients_get_clear_errors_and_others_are_served() {
     }
     for _ in 0..20 {
         let started = Instant::now();
-        let r = c
-            .post(format!("{}/v1/x", t.data))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = t.post_empty(&c).await;
         assert_eq!(r.status(), 200);
         assert!(
             started.elapsed() < Duration::from_millis(500),
@@ -567,11 +542,6 @@ async fn slow_and_hostile_clients_get_clear_errors_and_others_are_served() {
     assert_eq!(v["error"]["code"], "bad_upstream_response");
 
     // And the sidecar is still serving.
-    let r = c
-        .post(format!("{}/v1/x", t.data))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = t.post_empty(&c).await;
     assert_eq!(r.status(), 200);
 }

@@ -358,12 +358,7 @@ async fn pausing_a_task_by_reload_holds_its_next_request_and_unpausing_releases(
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c
-        .post(format!("{}/v1/x", t.data))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = t.post_empty(&c).await;
     assert_eq!(r.status(), 202, "paused: even a confident output is held");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["reason"], "paused");

@@ -421,12 +421,7 @@ async fn connections_to_the_model_are_reused_and_closed_ones_replaced() {
         let (addr, accepted, heads) = raw_upstream(close).await;
         let t = Triage::start(&one_task_rules(&format!("http://{addr}"))).await;
         for i in 0..8 {
-            let r = c
-                .post(format!("{}/v1/x", t.data))
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
+            let r = t.post_empty(&c).await;
             assert_eq!(r.status(), 200, "{close}: request {i}");
             assert_eq!(r.text().await.unwrap(), r#"{"confidence":0.9}"#);
             // Time for the connection's end to be seen, as it would be between requests
@@ -795,12 +790,7 @@ async fn a_20_mib_body_is_refused_with_413_while_the_sidecar_keeps_serving() {
     });
     // Meanwhile, ordinary requests are served.
     for _ in 0..20 {
-        let r = c
-            .post(format!("{}/v1/x", t.data))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = t.post_empty(&c).await;
         assert_eq!(r.status(), 200);
     }
     let r = big_req
@@ -825,12 +815,7 @@ async fn a_20_mib_body_is_refused_with_413_while_the_sidecar_keeps_serving() {
         assert_eq!(r.status(), 413);
     }
     assert_eq!(up.count(), 20, "nothing oversized reached the upstream");
-    let r = c
-        .post(format!("{}/v1/x", t.data))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = t.post_empty(&c).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -848,12 +833,7 @@ async fn a_broker_that_refuses_the_publish_gives_503_never_202() {
     ch.queue_delete(t.names.review_queue.as_str().into(), Default::default())
         .await
         .unwrap();
-    let r = c
-        .post(format!("{}/v1/x", t.data))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = t.post_empty(&c).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["x-triage-decision"], "error");
     let v: serde_json::Value = r.json().await.unwrap();
@@ -867,12 +847,7 @@ async fn a_broker_that_refuses_the_publish_gives_503_never_202() {
     ch.exchange_delete(t.names.review_exchange.as_str().into(), Default::default())
         .await
         .unwrap();
-    let r = c
-        .post(format!("{}/v1/x", t.data))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = t.post_empty(&c).await;
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "review_unavailable");
@@ -958,12 +933,7 @@ async fn h2c_clients_are_served() {
         .build()
         .unwrap();
     for _ in 0..3 {
-        let r = c
-            .post(format!("{}/v1/x", t.data))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = t.post_empty(&c).await;
         assert_eq!(r.version(), reqwest::Version::HTTP_2);
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-triage-decision"], "pass");

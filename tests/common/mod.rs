@@ -534,6 +534,15 @@ impl Triage {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// `POST /v1/x` with the body `{}`: the route of [`one_task_rules`].
+    pub async fn post_empty(&self, c: &reqwest::Client) -> reqwest::Response {
+        c.post(format!("{}/v1/x", self.data))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Whether `text` reaches triage's stderr within 5 s: log lines are written by a
     /// background thread (within 50 ms; warnings and errors at once).
     pub async fn logged(&self, text: &str) -> bool {
