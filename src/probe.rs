@@ -281,8 +281,9 @@ const MAX_DEPTH: u32 = 127;
 /// A validating single-pass JSON scanner over a byte slice.
 ///
 /// It accepts what serde_json's `from_slice` accepts, with one difference kept on purpose:
-/// strings it skips are checked for structure (quotes, escapes, control characters) but not
-/// for UTF-8, like serde_json's own `IgnoredAny`; keys and strings it extracts are checked.
+/// strings it skips, and keys without an escape, are checked for structure (quotes, escapes,
+/// control characters) but not for UTF-8, like serde_json's own `IgnoredAny`; strings it
+/// extracts and keys it decodes are checked.
 /// Numbers are parsed only where a slot wants them; elsewhere their grammar is checked.
 struct Scan<'b, 'o> {
     b: &'b [u8],
@@ -331,7 +332,17 @@ impl Scan<'_, '_> {
         }
     }
 
+    /// Record `value` in the node's slots. Most nodes on the way to a slot have none: that
+    /// check stays in line, the loop does not.
+    #[inline(always)]
     fn put(&mut self, node: &Node, value: Scalar<'_>) {
+        if !node.slots.is_empty() {
+            self.fill_slots(node, value);
+        }
+    }
+
+    #[inline(never)]
+    fn fill_slots(&mut self, node: &Node, value: Scalar<'_>) {
         for &(slot, kind) in &node.slots {
             if let Some(cell) = self.out.get_mut(slot) {
                 fill(cell, kind, value);
@@ -450,6 +461,12 @@ impl Scan<'_, '_> {
         match self.peek().ok_or(NotJson)? {
             b'"' => self.string().map(drop),
             b'-' | b'0'..=b'9' => self.number().map(drop),
+            // `[]` or `{}` (`"top_logprobs":[]` in every token of a completion): not worth a
+            // call. It counts against the nesting cap as a container `skip` opens would.
+            b'[' | b'{' if self.depth < MAX_DEPTH && self.empty_container() => {
+                self.i += 2;
+                Ok(())
+            }
             _ => self.skip(),
         }
     }
@@ -494,6 +511,12 @@ impl Scan<'_, '_> {
             }
             index += 1;
         }
+    }
+
+    /// At `[]` or `{}`, with nothing between.
+    #[inline(always)]
+    fn empty_container(&self) -> bool {
+        matches!(self.b.get(self.i..self.i + 2), Some(b"[]" | b"{}"))
     }
 
     /// Step into a container (at its opening byte); `true` when it closes at once.
@@ -544,11 +567,13 @@ impl Scan<'_, '_> {
         }
     }
 
-    /// The child a key leads to. Keys are compared as raw bytes when they hold no escape.
+    /// The child a key leads to. A key without an escape is compared as raw bytes and not
+    /// checked for UTF-8: when it equals a wanted key it is that key's valid UTF-8, and when
+    /// it equals none it is stepped over like any skipped string.
     fn find_child<'n>(&self, node: &'n Node, key: &Span) -> Result<Option<&'n Node>, NotJson> {
         let raw = self.b.get(key.start..key.end).ok_or(NotJson)?;
         let decoded;
-        let key: &[u8] = if key.escaped || !raw.is_ascii() {
+        let key: &[u8] = if key.escaped {
             decoded = text(self.b, key)?;
             decoded.as_bytes()
         } else {
@@ -1476,8 +1501,16 @@ data: [DONE]\n\n";
                 String::from_utf8_lossy(body)
             );
         }
-        // Skipped strings are checked for structure, not for UTF-8 (as serde's IgnoredAny).
+        // Skipped strings are checked for structure, not for UTF-8 (as serde's IgnoredAny),
+        // and so are keys that hold no escape and match no wanted key.
         assert!(probe.run(b"{\"x\":\"\xff\",\"s\":\"ok\"}").is_ok());
+        assert_eq!(
+            probe
+                .run(b"{\"\xff\":1,\"s\":\"ok\"}")
+                .map(|f| f[slot].clone()),
+            Ok(Found::Str("ok".into()))
+        );
+        assert_eq!(probe.run(b"{\"\\ud800\":1,\"s\":\"ok\"}"), Err(NotJson));
         assert_eq!(probe.run(b"{\"x\":\"a\x01\"}"), Err(NotJson));
     }
 
@@ -1485,6 +1518,15 @@ data: [DONE]\n\n";
     fn nesting_is_capped_like_serde_json() {
         let probe = probe_for(&paths()).0;
         for depth in [1usize, 64, 127, 128, 129, 100_000] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let serde = serde_json::from_str::<Value>(&body).is_ok();
+            assert_eq!(probe.run(body.as_bytes()).is_ok(), serde, "depth {depth}");
+        }
+        // The innermost, empty, array stepped over from a walked one (the short way for
+        // `[]` and `{}`) counts against the cap too.
+        for depth in [3usize, 127, 128, 129] {
+            let mut probe = Probe::default();
+            probe.add(&vec![Step::Each; depth - 2], Kind::Many);
             let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
             let serde = serde_json::from_str::<Value>(&body).is_ok();
             assert_eq!(probe.run(body.as_bytes()).is_ok(), serde, "depth {depth}");
