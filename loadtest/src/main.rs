@@ -4,6 +4,7 @@
 //! loadtest/run.sh                 # build release, full run (~5–8 min), table in loadtest/results/latest.md
 //! loadtest/run.sh --quick         # ~1–2 min: one round, short phases
 //! cargo run -p loadtest --release -- mock --listen 127.0.0.1:8000
+//! cargo run -p loadtest --release -- floor --listen 127.0.0.1:8081 --upstream 127.0.0.1:8000
 //! cargo run -p loadtest --release -- drive --url http://127.0.0.1:8080/v1/chat/completions --rate 1000
 //! cargo run -p loadtest --release -- run --rounds 3
 //! ```
@@ -34,11 +35,19 @@
 //!   connection sends back to back. HDR histograms; p50/p90/p99/p99.9, achieved rate, status
 //!   counts, and the review ids of 202 answers (`x-triage-review-id`, `--ids-out FILE`).
 //!
+//! - `floor`: the hyper floor, a yardstick. hyper's HTTP/1 server in front, hyper's
+//!   HTTP/1 client behind (one upstream connection per client connection, no pool), the
+//!   request and the answer passed through as they come (the body streamed, never read
+//!   into a buffer or parsed), `TCP_NODELAY` on both sides, one current-thread runtime.
+//!   What a proxy built on hyper and tokio cannot go below: triage minus the floor is
+//!   triage's own work, the floor minus nginx is the HTTP stack's.
+//!
 //! - `run`: the whole comparison in one process. It pins itself (the driver) to CPU 1 and
 //!   starts the mock there; the proxies (nginx with one worker, triage with
 //!   `--worker-threads 1`) run under `taskset -c 0`. Targets: `direct` (to the mock), `nginx`
 //!   (plain reverse proxy, upstream keepalive 32; installed with apt when missing, skipped
-//!   with a note when it cannot be), `triage-pass` (every output passes), `triage-hold10`
+//!   with a note when it cannot be), `hyper-floor` (the `floor` subcommand, pinned like the
+//!   proxies; `--no-floor` skips it), `triage-pass` (every output passes), `triage-hold10`
 //!   (10 % held), `triage-hold100` (every output held: real RabbitMQ, publisher confirms),
 //!   each triage case its own process and queue. Bodies 0.8 KB and 50 KB for
 //!   direct/nginx/triage-pass (`--sizes 0.8k,5k,50k` adds 5 KB), 0.8 KB for the hold cases.
@@ -52,14 +61,16 @@
 //!   request). Correctness: every 202's review id must be in the review queue (drained after
 //!   each round; missing must be 0). A fixed-rate p50 over 10 ms is flagged as a stall, or
 //!   as overload when the target cannot sustain that rate. Writes the Markdown table
-//!   (medians over rounds, ratios triage/nginx, the issue's goals, notes, per-round figures)
+//!   (medians over rounds, ratios triage/nginx, the floor against nginx and triage against
+//!   the floor, the issue's goals, notes, per-round figures)
 //!   to `loadtest/results/latest.md` (`--out`) and stdout. Queues and exchanges get unique
 //!   names per run and are deleted afterwards. Needs RabbitMQ at `--amqp-url` (default
 //!   guest@127.0.0.1:5672) and a release build of triage (`--triage-bin`, default
 //!   `target/release/triage`). Knobs: `--rounds`, `--quick`, `--sat-secs`, `--fixed-secs`,
-//!   `--rates`, `--connections`, `--idle-conns`, `--no-nginx`, `--no-pin`.
+//!   `--rates`, `--connections`, `--idle-conns`, `--no-nginx`, `--no-floor`, `--no-pin`.
 
 mod drive;
+mod floor;
 mod mock;
 mod procs;
 mod report;
@@ -83,6 +94,8 @@ enum Cmd {
     Mock(mock::MockArgs),
     /// Load driver: open loop at a fixed rate, or closed loop to saturation.
     Drive(drive::DriveArgs),
+    /// The hyper floor: hyper server to hyper client and nothing between (see floor.rs).
+    Floor(floor::FloorArgs),
     /// The interleaved comparison: direct, nginx, triage pass/10 % held/100 % held.
     Run(run::RunArgs),
 }
@@ -92,6 +105,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Mock(a) => mock::main(a),
         Cmd::Drive(a) => drive::main(a),
+        Cmd::Floor(a) => floor::main(a),
         Cmd::Run(a) => run::main(a),
     };
     if let Err(e) = result {

@@ -445,6 +445,92 @@ impl Report {
             }
         }
 
+        // Table 4: the hyper floor, which prices the HTTP stack apart from triage's own work.
+        let has_floor = self.targets.iter().any(|t| t.name == "hyper-floor");
+        if has_floor {
+            let mut head = "\n| the hyper floor |".to_string();
+            let mut rule = "| --- |".to_string();
+            for s in &sizes {
+                let _ = write!(head, " {} KB |", s.label().trim_end_matches('k'));
+                rule.push_str(" ---: |");
+            }
+            let _ = writeln!(o, "{head}\n{rule}");
+            type Getter = fn(&RoundNums) -> f64;
+            let sat_cpu: Getter = |r| r.sat_cpu_us;
+            let fixed_cpu: Getter = |r| r.rates.last().map(|p| p.cpu_us).unwrap_or(f64::NAN);
+            let sat_rps: Getter = |r| r.sat_rps;
+            let at = rate_label(last_rate);
+            let rows: [(String, &str, &str, Getter, bool); 7] = [
+                (
+                    "CPU per request at saturation: floor / nginx".into(),
+                    "hyper-floor",
+                    "nginx",
+                    sat_cpu,
+                    false,
+                ),
+                (
+                    "CPU per request at saturation: triage / floor".into(),
+                    "triage-pass",
+                    "hyper-floor",
+                    sat_cpu,
+                    false,
+                ),
+                (
+                    "CPU per request at saturation: triage − floor (µs)".into(),
+                    "triage-pass",
+                    "hyper-floor",
+                    sat_cpu,
+                    true,
+                ),
+                (
+                    format!("CPU per request at {at} req/s: floor / nginx"),
+                    "hyper-floor",
+                    "nginx",
+                    fixed_cpu,
+                    false,
+                ),
+                (
+                    format!("CPU per request at {at} req/s: triage / floor"),
+                    "triage-pass",
+                    "hyper-floor",
+                    fixed_cpu,
+                    false,
+                ),
+                (
+                    "saturation req/s: floor / nginx".into(),
+                    "hyper-floor",
+                    "nginx",
+                    sat_rps,
+                    false,
+                ),
+                (
+                    "saturation req/s: triage / floor".into(),
+                    "triage-pass",
+                    "hyper-floor",
+                    sat_rps,
+                    false,
+                ),
+            ];
+            for (label, num, den, get, difference) in rows {
+                let mut row = format!("| {label} |");
+                for &size in &sizes {
+                    let v = if self.target(num, size).is_some() && self.target(den, size).is_some()
+                    {
+                        let (a, b) = (self.med(num, size, get), self.med(den, size, get));
+                        if difference {
+                            f(a - b, 1)
+                        } else {
+                            format!("{:.2}×", a / b)
+                        }
+                    } else {
+                        "—".into()
+                    };
+                    let _ = write!(row, " {v} |");
+                }
+                let _ = writeln!(o, "{row}");
+            }
+        }
+
         // Goals from issue 7.
         let _ = writeln!(o, "\n**Issue 7 targets** (this run):\n");
         let mut goal = |ok: Option<bool>, text: String| {

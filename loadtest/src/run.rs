@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// Skip nginx.
     #[arg(long)]
     pub no_nginx: bool,
+    /// Skip the hyper floor (hyper server to hyper client, nothing between: what triage's
+    /// HTTP stack costs alone).
+    #[arg(long)]
+    pub no_floor: bool,
     /// Do not pin (proxies on CPU 0, driver and mock on CPU 1).
     #[arg(long)]
     pub no_pin: bool,
@@ -239,6 +243,36 @@ async fn measure_all(
         }
     };
 
+    // The hyper floor: hyper in front and behind, nothing between (floor.rs), pinned as the
+    // proxies are.
+    let floor = if a.no_floor {
+        None
+    } else {
+        let mut argv = proxy_prefix.clone();
+        argv.extend([
+            exe.display().to_string(),
+            "floor".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--upstream".into(),
+            mock_addr.to_string(),
+        ]);
+        let (p, addr) = Proc::start(
+            "hyper-floor",
+            &argv,
+            &[],
+            &dir.join("floor.log"),
+            Some("listening "),
+        )
+        .await?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("hyper-floor said {addr:?}: {e}"))?;
+        servers.push(Server::new("hyper-floor", p, addr, None));
+        eprintln!("hyper-floor at {addr}");
+        Some(servers.len() - 1)
+    };
+
     // triage: one process per case, so each has its own peak RSS and queue.
     let mut triage_idx = BTreeMap::new();
     for name in ["triage-pass", "triage-hold10", "triage-hold100"] {
@@ -274,6 +308,14 @@ async fn measure_all(
         if let Some(i) = nginx {
             tgts.push(Tgt {
                 name: "nginx",
+                size,
+                share: 0.0,
+                server: i,
+            });
+        }
+        if let Some(i) = floor {
+            tgts.push(Tgt {
+                name: "hyper-floor",
                 size,
                 share: 0.0,
                 server: i,
