@@ -316,9 +316,15 @@ async fn run<'t>(
         review_id: review_id.clone(),
         payload,
     };
-    let durable = review::make_durable(&state.publisher, state.spool.as_deref(), item)
-        .await
-        .map_err(|e| (variant, ProxyError::ReviewUnavailable(e)))?;
+    // Boxed: the publish and spool future is larger than the rest of a request's state,
+    // and only held and flagged outputs await it.
+    let durable = Box::pin(review::make_durable(
+        &state.publisher,
+        state.spool.as_deref(),
+        item,
+    ))
+    .await
+    .map_err(|e| (variant, ProxyError::ReviewUnavailable(e)))?;
     variant.metrics.escalation(reason).increment(1);
     tracing::debug!(task = %task.name, variant = %variant.name, review_id, reason = reason.as_str(), ?durable, "review item durable");
 

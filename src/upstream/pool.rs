@@ -94,7 +94,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(authority).await?;
+        // Boxed: resolving and dialing make the largest future of a request's, and only a
+        // request that finds no idle connection awaits it.
+        let mut sender = Box::pin(self.connect(authority)).await?;
         let resp = sender.send_request(req).await.map_err(Error::Send)?;
         Ok((resp, Conn { sender }))
     }
