@@ -482,8 +482,12 @@ impl Scan<'_, '_> {
         }
         loop {
             match self.peek().ok_or(NotJson)? {
-                b'"' => drop(self.string()?),
-                b'-' | b'0'..=b'9' => drop(self.number()?),
+                b'"' => {
+                    self.string()?;
+                }
+                b'-' | b'0'..=b'9' => {
+                    self.number()?;
+                }
                 _ => self.skip()?,
             }
             if !self.more(b']')? {
