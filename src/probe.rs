@@ -454,8 +454,9 @@ impl Scan<'_, '_> {
         Ok(())
     }
 
-    /// [`Scan::skip`] with numbers and strings, most of what is skipped, stepped over in
-    /// line; containers and literals take the call.
+    /// [`Scan::skip`] with numbers, strings, empty containers and arrays (one level, see
+    /// [`Scan::skip_array`]), most of what is skipped, stepped over in line; objects and
+    /// literals take the call.
     #[inline(always)]
     fn skip_inline(&mut self) -> Result<(), NotJson> {
         match self.peek().ok_or(NotJson)? {
@@ -1547,14 +1548,20 @@ data: [DONE]\n\n";
             let serde = serde_json::from_str::<Value>(&body).is_ok();
             assert_eq!(probe.run(body.as_bytes()).is_ok(), serde, "depth {depth}");
         }
-        // The innermost, empty, array stepped over from a walked one (the short way for
-        // `[]` and `{}`) counts against the cap too.
+        // The innermost array stepped over from a walked one (the short ways for `[]` and
+        // for a flat array) counts against the cap too.
         for depth in [3usize, 127, 128, 129] {
             let mut probe = Probe::default();
             probe.add(&vec![Step::Each; depth - 2], Kind::Many);
-            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-            let serde = serde_json::from_str::<Value>(&body).is_ok();
-            assert_eq!(probe.run(body.as_bytes()).is_ok(), serde, "depth {depth}");
+            for innermost in ["", "0"] {
+                let body = format!("{}{innermost}{}", "[".repeat(depth), "]".repeat(depth));
+                let serde = serde_json::from_str::<Value>(&body).is_ok();
+                assert_eq!(
+                    probe.run(body.as_bytes()).is_ok(),
+                    serde,
+                    "depth {depth}, innermost [{innermost}]"
+                );
+            }
         }
     }
 

@@ -6,7 +6,8 @@
 //! goes upstream as it came, and the answer comes back as it came, its body streamed frame by
 //! frame (not read into a buffer, not parsed). One current-thread runtime, `TCP_NODELAY` on
 //! both sides, as triage runs. What triage costs beyond this is triage; what this costs
-//! beyond nginx is hyper and tokio.
+//! beyond nginx is hyper and tokio. A yardstick, not a proxy: an upstream connection that
+//! closes is not replaced, and its client connection's later requests are answered 502.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

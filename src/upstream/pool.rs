@@ -94,8 +94,8 @@ impl Pool {
                 },
             }
         }
-        // Boxed: resolving and dialing make the largest future of a request's, and only a
-        // request that finds no idle connection awaits it.
+        // Boxed: resolving and dialing would otherwise add their state to every request's
+        // future, and only a request that finds no idle connection awaits them.
         let mut sender = Box::pin(self.connect(authority)).await?;
         let resp = sender.send_request(req).await.map_err(Error::Send)?;
         Ok((resp, Conn { sender }))
