@@ -174,7 +174,7 @@ async fn metrics_show_exactly_what_a_scripted_sequence_did() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn audit_sampling_at_0_2_lands_within_a_binomial_99_percent_interval() {
+async fn audit_sampling_at_0_2_lands_within_binomial_bounds() {
     let up = Upstream::start(scripted).await;
     let t = Triage::start(&rules(&up.url(), 0.2)).await;
     let n = 2000;
@@ -203,7 +203,9 @@ async fn audit_sampling_at_0_2_lands_within_a_binomial_99_percent_interval() {
     for w in workers {
         w.await.unwrap();
     }
-    // 99 % interval of Binomial(2000, 0.2): 400 ± 2.576 · √(2000 · 0.2 · 0.8) ≈ 400 ± 46.
+    // Binomial(2000, 0.2): 400 ± 4.417 · √(2000 · 0.2 · 0.8) ≈ 400 ± 79, a 99.999 % interval.
+    // A 99 % one failed a clean-clone CI run with 352 (one run in a hundred would); a rate
+    // of 0.1 or 0.3 (200 or 600) is still far outside.
     let deadline = Instant::now() + Duration::from_secs(10);
     let broker = Broker::connect().await;
     let mut audits = Vec::new();
@@ -220,7 +222,7 @@ async fn audit_sampling_at_0_2_lands_within_a_binomial_99_percent_interval() {
         }
     }
     let k = audits.len();
-    assert!((354..=446).contains(&k), "{k} audits of {n}");
+    assert!((321..=479).contains(&k), "{k} audits of {n}");
     assert!(audits.iter().all(|m| m.routing_key == "chat.audit"
         && m.body["disposition"] == "released"
         && m.body["reason"] == "audit"));
