@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
@@ -19,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::Result;
 
@@ -36,16 +35,9 @@ pub struct FloorArgs {
 pub fn main(args: FloorArgs) -> Result<()> {
     crate::procs::raise_nofile_limit();
     crate::runtime()?.block_on(async move {
-        let listener = TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| format!("bind {}: {e}", args.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        println!("listening {addr}");
+        let listener = crate::listen(args.listen).await?;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            };
+            let stream = crate::accept(&listener).await;
             let _ = stream.set_nodelay(true);
             let upstream = args.upstream;
             tokio::spawn(async move {

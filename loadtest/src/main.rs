@@ -117,6 +117,27 @@ fn main() {
 /// Errors are reported, not handled: a string is enough.
 pub type Result<T> = std::result::Result<T, String>;
 
+/// Bind `addr` and print `listening ADDR` on stdout (the runner waits for that line).
+pub async fn listen(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("bind {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening {bound}");
+    Ok(listener)
+}
+
+/// The next connection; a failed accept (out of descriptors, say) backs off instead of
+/// spinning.
+pub async fn accept(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    }
+}
+
 /// A current-thread runtime: the load side must stay on one core.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

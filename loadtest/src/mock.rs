@@ -14,7 +14,6 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::{Result, Size};
 
@@ -58,17 +57,9 @@ pub fn main(args: MockArgs) -> Result<()> {
         args: args.clone(),
     });
     crate::runtime()?.block_on(async move {
-        let listener = TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| format!("bind {}: {e}", args.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        println!("listening {addr}");
+        let listener = crate::listen(args.listen).await?;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                // Out of descriptors, say: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            };
+            let stream = crate::accept(&listener).await;
             let _ = stream.set_nodelay(!state.args.stall);
             let state = state.clone();
             tokio::spawn(async move {

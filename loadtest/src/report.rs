@@ -133,6 +133,17 @@ pub fn rate_label(rate: f64) -> String {
     }
 }
 
+/// A table's head with one column per body size, after a blank line.
+fn table_head(title: &str, sizes: &[Size]) -> String {
+    let mut head = format!("\n| {title} |");
+    let mut rule = "| --- |".to_string();
+    for s in sizes {
+        let _ = write!(head, " {} KB |", s.label().trim_end_matches('k'));
+        rule.push_str(" ---: |");
+    }
+    format!("{head}\n{rule}")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
@@ -388,13 +399,7 @@ impl Report {
             self.med(tname, tsize, get) / self.med("nginx", nsize, get)
         };
         if has_nginx {
-            let mut head = "\n| ratio triage / nginx |".to_string();
-            let mut rule = "| --- |".to_string();
-            for s in &sizes {
-                let _ = write!(head, " {} KB |", s.label().trim_end_matches('k'));
-                rule.push_str(" ---: |");
-            }
-            let _ = writeln!(o, "{head}\n{rule}");
+            let _ = writeln!(o, "{}", table_head("ratio triage / nginx", &sizes));
             type Getter = Box<dyn Fn(&RoundNums) -> f64>;
             let rows: Vec<(String, &str, Getter)> = vec![
                 (
@@ -448,13 +453,7 @@ impl Report {
         // Table 4: the hyper floor, which prices the HTTP stack apart from triage's own work.
         let has_floor = self.targets.iter().any(|t| t.name == "hyper-floor");
         if has_floor {
-            let mut head = "\n| the hyper floor |".to_string();
-            let mut rule = "| --- |".to_string();
-            for s in &sizes {
-                let _ = write!(head, " {} KB |", s.label().trim_end_matches('k'));
-                rule.push_str(" ---: |");
-            }
-            let _ = writeln!(o, "{head}\n{rule}");
+            let _ = writeln!(o, "{}", table_head("the hyper floor", &sizes));
             type Getter = fn(&RoundNums) -> f64;
             let sat_cpu: Getter = |r| r.sat_cpu_us;
             let fixed_cpu: Getter = |r| r.rates.last().map(|p| p.cpu_us).unwrap_or(f64::NAN);
