@@ -460,8 +460,6 @@ impl Scan<'_, '_> {
     #[inline(always)]
     fn skip_inline(&mut self) -> Result<(), NotJson> {
         match self.peek().ok_or(NotJson)? {
-            b'"' => self.string().map(drop),
-            b'-' | b'0'..=b'9' => self.number().map(drop),
             // `[]` or `{}` (`"top_logprobs":[]` in every token of a completion): not worth a
             // call. It counts against the nesting cap as a container `skip` opens would.
             b'[' | b'{' if self.depth < MAX_DEPTH && self.empty_container() => {
@@ -469,6 +467,16 @@ impl Scan<'_, '_> {
                 Ok(())
             }
             b'[' => self.skip_array(),
+            _ => self.skip_element(),
+        }
+    }
+
+    /// A string or a number stepped over in line, anything else by [`Scan::skip`].
+    #[inline(always)]
+    fn skip_element(&mut self) -> Result<(), NotJson> {
+        match self.peek().ok_or(NotJson)? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
             _ => self.skip(),
         }
     }
@@ -482,15 +490,7 @@ impl Scan<'_, '_> {
             return Ok(());
         }
         loop {
-            match self.peek().ok_or(NotJson)? {
-                b'"' => {
-                    self.string()?;
-                }
-                b'-' | b'0'..=b'9' => {
-                    self.number()?;
-                }
-                _ => self.skip()?,
-            }
+            self.skip_element()?;
             if !self.more(b']')? {
                 return Ok(());
             }
