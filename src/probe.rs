@@ -341,6 +341,19 @@ impl Scan<'_, '_> {
         }
     }
 
+    /// [`Scan::put`] for a number. A token's logprob lands in the one `Many` slot of its
+    /// node, already a list: that push stays in line, the rest takes `fill_slots`.
+    #[inline(always)]
+    fn put_number(&mut self, node: &Node, n: f64) {
+        if let [(slot, Kind::Many)] = node.slots[..]
+            && let Some(Found::Numbers(numbers)) = self.out.get_mut(slot)
+        {
+            numbers.push(n);
+            return;
+        }
+        self.put(node, Scalar::Num(n));
+    }
+
     #[inline(never)]
     fn fill_slots(&mut self, node: &Node, value: Scalar<'_>) {
         for &(slot, kind) in &node.slots {
@@ -387,7 +400,7 @@ impl Scan<'_, '_> {
             _ => {
                 if !node.slots.is_empty() {
                     let n = self.number_value()?;
-                    self.put(node, Scalar::Num(n));
+                    self.put_number(node, n);
                 } else {
                     self.number()?;
                 }
@@ -414,7 +427,7 @@ impl Scan<'_, '_> {
                 open @ (b'{' | b'[') => {
                     let object = open == b'{';
                     let close = if object { b'}' } else { b']' };
-                    if !self.open(close)? {
+                    if !self.open(close)? && (object || !self.int_array_rest()) {
                         objects = (objects << 1) | u128::from(object);
                         if object {
                             self.key()?;
@@ -486,7 +499,7 @@ impl Scan<'_, '_> {
     /// elements by [`Scan::skip`].
     #[inline(always)]
     fn skip_array(&mut self) -> Result<(), NotJson> {
-        if self.open(b']')? {
+        if self.open(b']')? || self.int_array_rest() {
             return Ok(());
         }
         loop {
@@ -536,6 +549,65 @@ impl Scan<'_, '_> {
                 return Ok(());
             }
             index += 1;
+        }
+    }
+
+    /// At an array's first element: when the array is plain integers and commas up to its
+    /// `]` (`"bytes":[32,105,110,118]` in every token), step over it through the `]` and
+    /// return `true`. Eight bytes at a time, and no step waits on what the one before found
+    /// (stepping element by element made each wait on the last one's length).
+    ///
+    /// Checked as [`Scan::number`] and [`Scan::more`] would: every element starts with a
+    /// digit, no `,,`, no `,]`, no leading zero (`0` then a digit). Anything else (a sign,
+    /// a fraction, whitespace, an invalid element, fewer than eight bytes left before the
+    /// `]`) returns `false` with nothing consumed, for the general path to take (and to
+    /// refuse, where it is not JSON).
+    #[inline(always)]
+    fn int_array_rest(&mut self) -> bool {
+        const TOP: u64 = 0x80 << 56;
+        if !matches!(self.peek(), Some(b'1'..=b'9')) {
+            return false;
+        }
+        let mut at = self.i;
+        // Whether the byte before `at` is a comma, and whether it is a `0` starting an element.
+        let (mut after_comma, mut after_zero) = (false, false);
+        loop {
+            let Some(word) = self.b.get(at..at + 8).and_then(|w| w.first_chunk::<8>()) else {
+                return false;
+            };
+            let w = u64::from_le_bytes(*word);
+            let (digit, comma, zero) = (digits_in(w), bytes_eq(w, b','), bytes_eq(w, b'0'));
+            let end = !(digit | comma) & HIGH;
+            // The bytes before `end` (all eight when it is zero): the run checked here.
+            let run = match end.trailing_zeros() {
+                64 => u64::MAX,
+                bit => (1 << (bit - 7)) - 1,
+            };
+            let comma = comma & run;
+            let starts = (comma << 8) | if after_comma { 0x80 } else { 0 };
+            let zero_starts = zero & run & starts;
+            if comma & starts != 0
+                || zero_starts & (digit >> 8) != 0
+                || (after_zero && digit & 0x80 != 0)
+            {
+                return false;
+            }
+            if end == 0 {
+                (after_comma, after_zero) = (comma & TOP != 0, zero_starts & TOP != 0);
+                at += 8;
+                continue;
+            }
+            let len = (end.trailing_zeros() / 8) as usize;
+            let last_comma = match len {
+                0 => after_comma,
+                _ => comma & (0x80 << (8 * (len - 1))) != 0,
+            };
+            if (w >> (8 * len)) as u8 != b']' || last_comma {
+                return false;
+            }
+            self.i = at + len + 1;
+            self.depth -= 1;
+            return true;
         }
     }
 
@@ -608,7 +680,7 @@ impl Scan<'_, '_> {
         Ok(node
             .keys
             .iter()
-            .find_map(|(k, child)| (k.as_bytes() == key).then_some(child)))
+            .find_map(|(k, child)| same_key(k.as_bytes(), key).then_some(child)))
     }
 
     /// Step over a string (at its opening quote); return its raw span.
@@ -796,6 +868,20 @@ impl Scan<'_, '_> {
     }
 }
 
+/// `a == b` for the short keys of a JSON object, without a call to `memcmp`: up to 16 bytes
+/// are two overlapping word loads on each side.
+#[inline(always)]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        4..=7 => a.first_chunk::<4>() == b.first_chunk() && a.last_chunk::<4>() == b.last_chunk(),
+        8..=16 => a.first_chunk::<8>() == b.first_chunk() && a.last_chunk::<8>() == b.last_chunk(),
+        _ => a == b,
+    }
+}
+
 /// Record one value in a slot's cell.
 fn fill(cell: &mut Found, kind: Kind, value: Scalar<'_>) {
     match kind {
@@ -883,12 +969,29 @@ fn eight_digits(chunk: &[u8]) -> Option<u64> {
     Some(((v & MASK).wrapping_mul(MUL1) + ((v >> 16) & MASK).wrapping_mul(MUL2)) >> 32)
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Per byte of `w`, the high bit set where the byte is `byte`, clear elsewhere. Exact in
+/// every byte: the low seven bits are added apart from the high one, so nothing carries.
+#[inline(always)]
+fn bytes_eq(w: u64, byte: u8) -> u64 {
+    let x = w ^ (ONES * u64::from(byte));
+    !((((x & !HIGH) + !HIGH) | x) & HIGH) & HIGH
+}
+
+/// Per byte of `w`, the high bit set where the byte is an ASCII digit. Exact, as
+/// [`bytes_eq`].
+#[inline(always)]
+fn digits_in(w: u64) -> u64 {
+    let x = w ^ (ONES * u64::from(b'0'));
+    !((((x & !HIGH) + ONES * 0x76) | x) & HIGH) & HIGH
+}
+
 /// The index of the first `"`, `\` or control character at or after `i` (or the end).
 /// Eight bytes at a time: string bodies are long runs of plain bytes.
 #[inline]
 fn find_string_special(b: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     while let Some(chunk) = b.get(i..i + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
@@ -1352,6 +1455,41 @@ data: [DONE]\n\n";
                 // Well-formed but not a `Value` (invalid UTF-8 in a string, a lone
                 // surrogate escape, a duplicate key's order): either answer is fine.
                 Err(_) => {}
+            }
+        }
+
+        /// Arrays of integers, where the eight-byte path steps over them (a skipped member,
+        /// an array inside a skipped value), right and wrong every way it checks: leading
+        /// zeros, `,,`, `,]`, signs, fractions, whitespace, a missing or extra `]`, a run
+        /// ending on a word boundary or near the body's end. The probe accepts exactly what
+        /// serde_json accepts.
+        #[test]
+        fn integer_arrays_agree_with_serde_json(
+            inner in prop_oneof![
+                "[0-9,]{0,40}",
+                proptest::collection::vec("0|[1-9][0-9]{0,17}", 0..12).prop_map(|n| n.join(",")),
+            ],
+            tail in "[] ,.e0-9-]{0,3}",
+            pad in 0usize..9,
+        ) {
+            let (probe, slots) = probe_for(&paths());
+            let confidence = slots[0];
+            let skip = " ".repeat(pad);
+            for body in [
+                format!(r#"{{"skip{skip}":[{inner}{tail}],"confidence":1}}"#),
+                format!(r#"{{"skip{skip}":{{"x":[{inner}{tail}]}},"confidence":1}}"#),
+                format!(r#"{{"skip{skip}":[[{inner}{tail}]],"confidence":1}}"#),
+                // The `]` near the end: fewer than eight bytes left.
+                format!(r#"{{"confidence":1,"skip{skip}":[{inner}{tail}]}}"#),
+            ] {
+                let ours = probe.run(body.as_bytes());
+                match serde_json::from_str::<Value>(&body) {
+                    Ok(_) => {
+                        let found = ours.map_err(|_| TestCaseError::fail(format!("refused {body}")))?;
+                        prop_assert_eq!(&found[confidence], &Found::Number(1.0), "{}", body);
+                    }
+                    Err(_) => prop_assert_eq!(ours, Err(NotJson), "{}", body),
+                }
             }
         }
     }
