@@ -929,24 +929,34 @@ fn parse_number(raw: &[u8]) -> Result<f64, NotJson> {
 
 /// `m / 10^k`, correctly rounded, for `1 <= k <= 27` (where `5^k` fits in 64 bits), else
 /// `None`. `m / 10^k` is `(m / 5^k) / 2^k`, and dividing by a power of two is exact, so only
-/// `m / 5^k` needs rounding. `m` is shifted to the top of 128 bits first, which leaves the
-/// integer quotient at least 65 bits wide; a nonzero remainder is folded into its lowest
-/// bit (a sticky bit), at least 11 places below the rounding position, and the conversion
-/// of that integer to `f64` (round to nearest, ties to even) then rounds exactly as the
-/// true quotient would. A u128-by-u64 division costs a fraction of `str::parse`.
+/// `m / 5^k` needs rounding. `m` is shifted left first (see [`quotient_shift`]) so that the
+/// integer quotient is 63 or 64 bits wide; a nonzero remainder is folded into its lowest bit
+/// (a sticky bit), ten or more places below the last bit kept, and the conversion of that
+/// integer to `f64` (round to nearest, ties to even) then rounds exactly as the true quotient
+/// would. A quotient that fits in 64 bits keeps the division to one hardware `div` and the
+/// conversion to one instruction: a fraction of `str::parse`.
 #[inline]
 fn quotient(m: u64, k: u32) -> Option<f64> {
     if m == 0 || !(1..=27).contains(&k) {
         return None;
     }
     let five = 5u64.pow(k);
-    let shift = m.leading_zeros() + 64;
+    let shift = quotient_shift(m, five);
     let n = u128::from(m) << shift;
     let (q, r) = (n / u128::from(five), n % u128::from(five));
-    let q = q | u128::from(r != 0);
-    // 2^-(shift + k): shift + k <= 154, well inside the normal exponent range.
+    let q = u64::try_from(q).ok()? | u64::from(r != 0);
+    // 2^-(shift + k): shift + k <= 152, well inside the normal exponent range.
     let scale = f64::from_bits(u64::from(1023 - (shift + k)) << 52);
     Some(q as f64 * scale)
+}
+
+/// The shift that puts `m * 2^shift / five` between 2^62 and 2^64. With `m` of `a` bits and
+/// `five` of `b`, `shift = 63 + b - a`: below, `m * 2^shift < 2^(63 + b) <= five * 2^64`;
+/// above, `m * 2^shift >= 2^(62 + b) > five * 2^62`. At most 125, so the shifted `m` fits in
+/// 128 bits.
+#[inline]
+fn quotient_shift(m: u64, five: u64) -> u32 {
+    63 + (64 - five.leading_zeros()) - (64 - m.leading_zeros())
 }
 
 /// The value of eight ASCII digits (little-endian load), or `None` when one is not a digit.
@@ -1563,7 +1573,7 @@ data: [DONE]\n\n";
             let five = u128::from(5u64.pow(k));
             for _ in 0..300_000 {
                 let m = rng.u64(1 << 53..);
-                let n = u128::from(m) << (m.leading_zeros() + 64);
+                let n = u128::from(m) << quotient_shift(m, 5u64.pow(k));
                 let (q, r) = (n / five, n % five);
                 let below = 128 - q.leading_zeros() - 53;
                 if r == 0 || q & ((1 << below) - 1) != 1 << (below - 1) {
