@@ -494,9 +494,10 @@ impl Scan<'_, '_> {
         }
     }
 
-    /// An array nothing is wanted from, one level without `skip`'s container stack: its
-    /// numbers and strings (`"bytes":[32,105,110]` in every token) stepped over here, other
-    /// elements by [`Scan::skip`].
+    /// An array nothing is wanted from, one level without `skip`'s container stack: plain
+    /// integers (`"bytes":[32,105,110]` in every token) in words by
+    /// [`Scan::int_array_rest`], other numbers and strings stepped over here, other elements
+    /// by [`Scan::skip`].
     #[inline(always)]
     fn skip_array(&mut self) -> Result<(), NotJson> {
         if self.open(b']')? || self.int_array_rest() {
