@@ -214,8 +214,10 @@ fn classifier_body(target: usize, rng: &mut fastrand::Rng) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// An OpenAI chat.completion with `n` logprob tokens.
-fn chat_completion(n: usize, rng: &mut fastrand::Rng) -> String {
+/// An OpenAI chat.completion with `n` logprob tokens, each with `top` alternatives
+/// (`top_logprobs`). With alternatives, logprobs print at full precision (up to 17
+/// significant digits, as the API sends them), else with six decimals.
+fn chat_completion(n: usize, top: usize, rng: &mut fastrand::Rng) -> String {
     let mut content = String::new();
     let mut tokens = String::new();
     for i in 0..n {
@@ -229,11 +231,29 @@ fn chat_completion(n: usize, rng: &mut fastrand::Rng) -> String {
         if i > 0 {
             tokens.push(',');
         }
-        let bytes: Vec<String> = tok.bytes().map(|b| b.to_string()).collect();
+        let entry = |tok: &str, rng: &mut fastrand::Rng| {
+            let bytes: Vec<String> = tok.bytes().map(|b| b.to_string()).collect();
+            let logprob = -rng.f64() * 0.05;
+            let logprob = if top == 0 {
+                format!("{logprob:.6}")
+            } else {
+                format!("{logprob}")
+            };
+            format!(
+                r#""token":"{tok}","logprob":{logprob},"bytes":[{}]"#,
+                bytes.join(",")
+            )
+        };
+        let alternatives: Vec<String> = (0..top)
+            .map(|_| {
+                let alt = format!(" {}", WORDS[rng.usize(..WORDS.len())]);
+                format!("{{{}}}", entry(&alt, rng))
+            })
+            .collect();
         tokens.push_str(&format!(
-            r#"{{"token":"{tok}","logprob":{:.6},"bytes":[{}],"top_logprobs":[]}}"#,
-            -rng.f64() * 0.05,
-            bytes.join(",")
+            r#"{{{},"top_logprobs":[{}]}}"#,
+            entry(&tok, rng),
+            alternatives.join(",")
         ));
     }
     format!(
@@ -260,9 +280,9 @@ fn sized(target: usize, make: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
     make(hi)
 }
 
-fn logprobs_body(target: usize) -> Vec<u8> {
+fn logprobs_body(target: usize, top: usize) -> Vec<u8> {
     sized(target, |n| {
-        chat_completion(n, &mut fastrand::Rng::with_seed(7)).into_bytes()
+        chat_completion(n, top, &mut fastrand::Rng::with_seed(7)).into_bytes()
     })
 }
 
@@ -282,7 +302,8 @@ fn array_body(target: usize, field: &str, number: fn(&mut fastrand::Rng) -> f64)
 fn body_for(extractor: &str, target: usize) -> Vec<u8> {
     match extractor {
         "json_pointer" | "header" => classifier_body(target, &mut fastrand::Rng::with_seed(3)),
-        "openai_logprobs" => logprobs_body(target),
+        "openai_logprobs" => logprobs_body(target, 0),
+        "openai_logprobs_top3" => logprobs_body(target, 3),
         "max" => array_body(target, "probabilities", |r| r.f64() * 0.01),
         "softmax_max" => array_body(target, "logits", |r| r.f64() * 20.0 - 10.0),
         other => panic!("unknown extractor {other}"),
@@ -308,11 +329,13 @@ fn bench_extract(c: &mut Criterion) {
     for name in [
         "json_pointer",
         "openai_logprobs",
+        "openai_logprobs_top3",
         "max",
         "softmax_max",
         "header",
     ] {
-        let t = task(&rs, name);
+        // The same task, on tokens that carry three alternatives each.
+        let t = task(&rs, name.trim_end_matches("_top3"));
         let mut g = c.benchmark_group(format!("extract_{name}"));
         for (target, label) in SIZES {
             let body = body_for(name, target);
