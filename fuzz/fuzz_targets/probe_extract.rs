@@ -2,7 +2,8 @@
 //! `json_pointer` (Kind::One), `openai_logprobs` mean and min (Kind::Many through
 //! /choices/0/logprobs/content/*/logprob), `max` and `softmax_max` (Kind::Many over an
 //! array). Never a panic; every confidence is within [0, 1]; and the probe's own scanner
-//! reads every body serde_json parses (differential: serde_json is the reference).
+//! reads every body serde_json parses and refuses every body serde_json refuses even to
+//! skip (`IgnoredAny`) (differential both ways: serde_json is the reference).
 #![no_main]
 
 use http::HeaderMap;
@@ -55,6 +56,9 @@ fuzz_target!(|data: &[u8]| {
     let found = probe.run(data).ok();
     if serde_json::from_slice::<serde_json::Value>(data).is_ok() {
         assert!(found.is_some(), "serde_json parses it, the probe refused it");
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() {
+        assert!(found.is_none(), "serde_json refuses even to skip it, the probe read it");
     }
     if let Some(f) = &found {
         for cell in f {
