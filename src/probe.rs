@@ -257,6 +257,7 @@ impl Probe {
             i: 0,
             depth: 0,
             out,
+            shape: Shape::default(),
         };
         scan.ws();
         scan.value(&self.root)?;
@@ -290,7 +291,26 @@ struct Scan<'b, 'o> {
     i: usize,
     depth: u32,
     out: &'o mut [Found],
+    shape: Shape,
 }
+
+/// Keys remembered from one object the walk went through, for the next object of the same
+/// node (the next token of a logprobs list): `keys[k]` is the raw span of the k-th key and
+/// the index of its child in the node's `keys` (`usize::MAX`: none). A key whose raw bytes
+/// equal the remembered ones and end in a quote is the same string, escapes and all,
+/// already checked and looked up: no scan for its end, no lookup. Comparing bytes is not
+/// waiting on them: where the scan's next position came from the bytes it had just read,
+/// it now comes from the remembered length, and the comparison only decides a branch the
+/// processor predicts.
+#[derive(Default)]
+struct Shape {
+    /// The node the keys came from, by address (0: none).
+    node: usize,
+    keys: [Option<(usize, usize, usize)>; SHAPE_KEYS],
+}
+
+/// How many keys of an object [`Shape`] remembers: a logprob token has four.
+const SHAPE_KEYS: usize = 8;
 
 #[derive(Clone, Copy)]
 enum Scalar<'a> {
@@ -515,16 +535,25 @@ impl Scan<'_, '_> {
         if self.open(b'}')? {
             return Ok(());
         }
-        loop {
+        let id = std::ptr::from_ref(node) as usize;
+        for k in 0.. {
             if self.peek() != Some(b'"') {
                 return Err(NotJson);
             }
-            let key = self.string()?;
-            let child = if node.keys.is_empty() {
-                None
-            } else {
-                self.find_child(node, &key)?
+            let child = match self.same_key_as_last(id, k) {
+                Some(child) => child,
+                None => {
+                    let key = self.string()?;
+                    let child = if node.keys.is_empty() {
+                        usize::MAX
+                    } else {
+                        self.find_child(node, &key)?
+                    };
+                    self.remember(id, k, &key, child);
+                    child
+                }
             };
+            let child = node.keys.get(child).map(|(_, child)| child);
             self.ws();
             self.eat(b':')?;
             self.ws();
@@ -532,6 +561,39 @@ impl Scan<'_, '_> {
             if !self.more(b'}')? {
                 return Ok(());
             }
+        }
+        Ok(())
+    }
+
+    /// At the `k`-th key of an object of node `id`: when its bytes are those of the `k`-th
+    /// key of the last object of that node, followed by a quote, step over it and return
+    /// that key's child index.
+    #[inline(always)]
+    fn same_key_as_last(&mut self, id: usize, k: usize) -> Option<usize> {
+        if self.shape.node != id {
+            return None;
+        }
+        let (start, len, child) = (*self.shape.keys.get(k)?)?;
+        let at = self.i + 1;
+        let here = self.b.get(at..at + len)?;
+        if self.b.get(at + len) != Some(&b'"') || !same_key(here, self.b.get(start..start + len)?) {
+            return None;
+        }
+        self.i = at + len + 1;
+        Some(child)
+    }
+
+    /// Remember the `k`-th key of an object of node `id` for [`Scan::same_key_as_last`].
+    #[inline(always)]
+    fn remember(&mut self, id: usize, k: usize, key: &Span, child: usize) {
+        if self.shape.node != id {
+            self.shape = Shape {
+                node: id,
+                ..Shape::default()
+            };
+        }
+        if let Some(slot) = self.shape.keys.get_mut(k) {
+            *slot = Some((key.start, key.end - key.start, child));
         }
     }
 
@@ -666,10 +728,11 @@ impl Scan<'_, '_> {
         }
     }
 
-    /// The child a key leads to. A key without an escape is compared as raw bytes and not
+    /// The index in `node.keys` of the child a key leads to (`usize::MAX`: none). A key
+    /// without an escape is compared as raw bytes and not
     /// checked for UTF-8: when it equals a wanted key it is that key's valid UTF-8, and when
     /// it equals none it is stepped over like any skipped string.
-    fn find_child<'n>(&self, node: &'n Node, key: &Span) -> Result<Option<&'n Node>, NotJson> {
+    fn find_child(&self, node: &Node, key: &Span) -> Result<usize, NotJson> {
         let raw = self.b.get(key.start..key.end).ok_or(NotJson)?;
         let decoded;
         let key: &[u8] = if key.escaped {
@@ -681,7 +744,8 @@ impl Scan<'_, '_> {
         Ok(node
             .keys
             .iter()
-            .find_map(|(k, child)| same_key(k.as_bytes(), key).then_some(child)))
+            .position(|(k, _)| same_key(k.as_bytes(), key))
+            .unwrap_or(usize::MAX))
     }
 
     /// Step over a string (at its opening quote); return its raw span.
@@ -1469,6 +1533,67 @@ data: [DONE]\n\n";
             }
         }
 
+        /// Arrays of objects whose keys repeat from one element to the next, as a logprob
+        /// list's do, with what must not pass for the key remembered from the element
+        /// before: a key left out or moved up, one that extends another (`logprob`,
+        /// `logprobs`), the same text escaped (`cb`, `\u0063b`), an escape inside. What the
+        /// probe finds is what serde_json's `Value` holds, under `/a/*` and under a
+        /// completion's logprobs.
+        #[test]
+        fn repeated_keys_agree_with_serde_json(
+            objects in proptest::collection::vec(
+                (
+                    any::<bool>(),
+                    proptest::sample::subsequence((0..9usize).collect::<Vec<_>>(), 0..=9),
+                    proptest::collection::vec(-9i32..9, 9),
+                ),
+                0..6,
+            ),
+        ) {
+            // Raw and escaped spellings; within one spelling no two keys decode alike.
+            const KEYS: [[&str; 2]; 9] = [
+                ["b", "b"],
+                ["c", "c"],
+                ["bc", "bc"],
+                ["cb", "\\u0063b"],
+                ["b\\n", "b\\n"],
+                ["logprob", "logprob"],
+                ["logprobs", "logprob\\u0073"],
+                ["top_logprobs", "top_logprobs"],
+                ["x", "x"],
+            ];
+            let items: Vec<String> = objects
+                .iter()
+                .map(|(escaped, picks, values)| {
+                    let members: Vec<String> = picks
+                        .iter()
+                        .map(|&k| {
+                            let key = KEYS[k][usize::from(*escaped)];
+                            match k {
+                                8 => format!(r#""{key}":{{"b":{}}}"#, values[k]),
+                                _ => format!(r#""{key}":{}"#, values[k]),
+                            }
+                        })
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                })
+                .collect();
+            let items = items.join(",");
+            let paths = paths();
+            let (probe, slots) = probe_for(&paths);
+            for body in [
+                format!(r#"{{"a":[{items}]}}"#),
+                format!(r#"{{"choices":[{{"logprobs":{{"content":[{items}]}}}}]}}"#),
+            ] {
+                let doc: Value = serde_json::from_str(&body).unwrap();
+                let found = probe.run(body.as_bytes()).unwrap();
+                for ((steps, kind), slot) in paths.iter().zip(&slots) {
+                    let want = oracle(&doc, steps, *kind);
+                    prop_assert!(same(&found[*slot], &want), "{body} {steps:?}: {:?} vs {want:?}", found[*slot]);
+                }
+            }
+        }
+
         /// Arrays of integers, where the eight-byte path steps over them (a skipped member,
         /// an array inside a skipped value), right and wrong every way it checks: leading
         /// zeros, `,,`, `,]`, signs, fractions, whitespace, a missing or extra `]`, a run
@@ -1512,6 +1637,7 @@ data: [DONE]\n\n";
             i: 0,
             depth: 0,
             out: &mut out,
+            shape: Shape::default(),
         };
         let n = scan.number_value()?;
         if scan.i == text.len() {
