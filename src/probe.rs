@@ -115,6 +115,9 @@ struct Node {
     each: Option<Box<Node>>,
     /// The slots this value fills.
     slots: Vec<(usize, Kind)>,
+    /// Every element of an array: its objects come one after another, most often with the
+    /// same keys (see [`Shape`]).
+    repeats: bool,
 }
 
 impl Node {
@@ -131,7 +134,14 @@ impl Node {
                 }
             }
             Step::Each => {
-                self.each.get_or_insert_default().insert(rest, slot);
+                self.each
+                    .get_or_insert_with(|| {
+                        Box::new(Node {
+                            repeats: true,
+                            ..Node::default()
+                        })
+                    })
+                    .insert(rest, slot);
                 for (_, item) in &mut self.items {
                     item.insert(rest, slot);
                 }
@@ -156,6 +166,11 @@ impl Node {
             Some(pos) => pos,
             None => {
                 let each = self.each.as_deref().cloned().unwrap_or_default();
+                // One element: its object comes once.
+                let each = Node {
+                    repeats: false,
+                    ..each
+                };
                 self.items.push((index, each));
                 self.items.len() - 1
             }
@@ -295,18 +310,20 @@ struct Scan<'b, 'o> {
 }
 
 /// Keys remembered from one object the walk went through, for the next object of the same
-/// node (the next token of a logprobs list): `keys[k]` is the raw span of the k-th key and
-/// the index of its child in the node's `keys` (`usize::MAX`: none). A key whose raw bytes
-/// equal the remembered ones and end in a quote is the same string, escapes and all,
-/// already checked and looked up: no scan for its end, no lookup. Comparing bytes is not
-/// waiting on them: where the scan's next position came from the bytes it had just read,
-/// it now comes from the remembered length, and the comparison only decides a branch the
-/// processor predicts.
+/// node (the next token of a logprobs list): `keys[k]` is the raw span (start, length) of
+/// the k-th key and the index of its child in the node's `keys` (`u16::MAX`: none); the
+/// first `len` are set. A key whose raw bytes equal the remembered ones and end in a quote
+/// is the same string, escapes and all, already checked and looked up: no scan for its end,
+/// no lookup. Comparing bytes is not waiting on them: where the scan's next position came
+/// from the bytes it had just read, it now comes from the remembered length, and the
+/// comparison only decides a branch the processor predicts. Small and reset by one store, as
+/// every object of another node resets it.
 #[derive(Default)]
 struct Shape {
     /// The node the keys came from, by address (0: none).
     node: usize,
-    keys: [Option<(usize, usize, usize)>; SHAPE_KEYS],
+    len: usize,
+    keys: [(u32, u16, u16); SHAPE_KEYS],
 }
 
 /// How many keys of an object [`Shape`] remembers: a logprob token has four.
@@ -540,7 +557,12 @@ impl Scan<'_, '_> {
             if self.peek() != Some(b'"') {
                 return Err(NotJson);
             }
-            let child = match self.same_key_as_last(id, k) {
+            let known = if node.repeats {
+                self.same_key_as_last(id, k)
+            } else {
+                None
+            };
+            let child = match known {
                 Some(child) => child,
                 None => {
                     let key = self.string()?;
@@ -549,7 +571,9 @@ impl Scan<'_, '_> {
                     } else {
                         self.find_child(node, &key)?
                     };
-                    self.remember(id, k, &key, child);
+                    if node.repeats {
+                        self.remember(id, k, &key, child);
+                    }
                     child
                 }
             };
@@ -570,30 +594,48 @@ impl Scan<'_, '_> {
     /// that key's child index.
     #[inline(always)]
     fn same_key_as_last(&mut self, id: usize, k: usize) -> Option<usize> {
-        if self.shape.node != id {
+        if self.shape.node != id || k >= self.shape.len {
             return None;
         }
-        let (start, len, child) = (*self.shape.keys.get(k)?)?;
+        let &(start, len, child) = self.shape.keys.get(k)?;
+        let (start, len) = (start as usize, usize::from(len));
         let at = self.i + 1;
         let here = self.b.get(at..at + len)?;
         if self.b.get(at + len) != Some(&b'"') || !same_key(here, self.b.get(start..start + len)?) {
             return None;
         }
         self.i = at + len + 1;
-        Some(child)
+        Some(if child == u16::MAX {
+            usize::MAX
+        } else {
+            usize::from(child)
+        })
     }
 
     /// Remember the `k`-th key of an object of node `id` for [`Scan::same_key_as_last`].
+    /// A key past the first [`SHAPE_KEYS`], after a gap, at 4 GiB into the body, longer
+    /// than 64 KiB or leading to a child past the 65,535th is not remembered.
     #[inline(always)]
     fn remember(&mut self, id: usize, k: usize, key: &Span, child: usize) {
         if self.shape.node != id {
-            self.shape = Shape {
-                node: id,
-                ..Shape::default()
-            };
+            self.shape.node = id;
+            self.shape.len = 0;
         }
-        if let Some(slot) = self.shape.keys.get_mut(k) {
-            *slot = Some((key.start, key.end - key.start, child));
+        let child = match child {
+            usize::MAX => Some(u16::MAX),
+            child => u16::try_from(child).ok().filter(|&c| c != u16::MAX),
+        };
+        let entry = (
+            u32::try_from(key.start),
+            u16::try_from(key.end - key.start),
+            child,
+        );
+        if let (Ok(start), Ok(len), Some(child)) = entry
+            && k <= self.shape.len
+            && let Some(slot) = self.shape.keys.get_mut(k)
+        {
+            *slot = (start, len, child);
+            self.shape.len = self.shape.len.max(k + 1);
         }
     }
 
@@ -1537,8 +1579,8 @@ data: [DONE]\n\n";
         /// list's do, with what must not pass for the key remembered from the element
         /// before: a key left out or moved up, one that extends another (`logprob`,
         /// `logprobs`), the same text escaped (`cb`, `\u0063b`), an escape inside. What the
-        /// probe finds is what serde_json's `Value` holds, under `/a/*` and under a
-        /// completion's logprobs.
+        /// probe finds is what serde_json's `Value` holds, under `/a/*`, under a
+        /// completion's logprobs, and under both in one document.
         #[test]
         fn repeated_keys_agree_with_serde_json(
             objects in proptest::collection::vec(
@@ -1584,6 +1626,9 @@ data: [DONE]\n\n";
             for body in [
                 format!(r#"{{"a":[{items}]}}"#),
                 format!(r#"{{"choices":[{{"logprobs":{{"content":[{items}]}}}}]}}"#),
+                // Two lists one after the other: what is remembered from one node's
+                // objects must not serve the other's.
+                format!(r#"{{"a":[{items}],"choices":[{{"logprobs":{{"content":[{items}]}}}}]}}"#),
             ] {
                 let doc: Value = serde_json::from_str(&body).unwrap();
                 let found = probe.run(body.as_bytes()).unwrap();
