@@ -309,15 +309,15 @@ struct Scan<'b, 'o> {
     shape: Shape,
 }
 
-/// Keys remembered from one object the walk went through, for the next object of the same
-/// node (the next token of a logprobs list): `keys[k]` is the raw span (start, length) of
-/// the k-th key and the index of its child in the node's `keys` (`u16::MAX`: none); the
-/// first `len` are set. A key whose raw bytes equal the remembered ones and end in a quote
-/// is the same string, escapes and all, already checked and looked up: no scan for its end,
-/// no lookup. Comparing bytes is not waiting on them: where the scan's next position came
-/// from the bytes it had just read, it now comes from the remembered length, and the
-/// comparison only decides a branch the processor predicts. Small and reset by one store, as
-/// every object of another node resets it.
+/// Keys remembered from one element of a list, for the next element (the next token of a
+/// logprobs list): only a node with [`Node::repeats`] remembers. `keys[k]` is the raw span
+/// (start, length) of the k-th key and the index of its child in the node's `keys`
+/// (`u16::MAX`: none); the first `len` are set. A key whose raw bytes equal the remembered
+/// ones and end in a quote is the same string, escapes and all, already checked and looked
+/// up: no scan for its end, no lookup. Comparing bytes is not waiting on them: where the
+/// scan's next position came from the bytes it had just read, it now comes from the
+/// remembered length, and the comparison only decides a branch the processor predicts. An
+/// object of another list's node starts it afresh with one store.
 #[derive(Default)]
 struct Shape {
     /// The node the keys came from, by address (0: none).
@@ -553,7 +553,8 @@ impl Scan<'_, '_> {
             return Ok(());
         }
         let id = std::ptr::from_ref(node) as usize;
-        for k in 0.. {
+        let mut k = 0;
+        loop {
             if self.peek() != Some(b'"') {
                 return Err(NotJson);
             }
@@ -585,8 +586,8 @@ impl Scan<'_, '_> {
             if !self.more(b'}')? {
                 return Ok(());
             }
+            k += 1;
         }
-        Ok(())
     }
 
     /// At the `k`-th key of an object of node `id`: when its bytes are those of the `k`-th
@@ -771,9 +772,9 @@ impl Scan<'_, '_> {
     }
 
     /// The index in `node.keys` of the child a key leads to (`usize::MAX`: none). A key
-    /// without an escape is compared as raw bytes and not
-    /// checked for UTF-8: when it equals a wanted key it is that key's valid UTF-8, and when
-    /// it equals none it is stepped over like any skipped string.
+    /// without an escape is compared as raw bytes and not checked for UTF-8: when it equals
+    /// a wanted key it is that key's valid UTF-8, and when it equals none it is stepped over
+    /// like any skipped string.
     fn find_child(&self, node: &Node, key: &Span) -> Result<usize, NotJson> {
         let raw = self.b.get(key.start..key.end).ok_or(NotJson)?;
         let decoded;
