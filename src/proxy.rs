@@ -478,9 +478,7 @@ fn tag_observed(
     version: Option<HeaderValue>,
     review_id: Option<&str>,
 ) {
-    if let Some(c) = confidence
-        && let Ok(v) = HeaderValue::from_str(&c.to_string())
-    {
+    if let Some(v) = confidence.and_then(confidence_header) {
         headers.insert(X_CONFIDENCE, v);
     }
     if let Some(v) = version {
@@ -489,6 +487,20 @@ fn tag_observed(
     if let Some(v) = review_id.and_then(|v| HeaderValue::from_str(v).ok()) {
         headers.insert(X_REVIEW_ID, v);
     }
+}
+
+/// A confidence as `Display` writes it (shortest round-trip, never an exponent), formatted
+/// on the stack: the usual `0.9512294245007141` is one copy into the header, not a `String`
+/// and a copy of it. A longer one (a tiny confidence written out in full) takes the heap.
+fn confidence_header(c: f64) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 32];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{c}").is_ok() {
+        let len = usize::try_from(cursor.position()).ok()?;
+        return HeaderValue::from_bytes(buf.get(..len)?).ok();
+    }
+    HeaderValue::from_str(&c.to_string()).ok()
 }
 
 /// The upstream's response, byte for byte, plus the `x-triage-*` headers.
@@ -549,4 +561,18 @@ fn held(
     tag(headers, task, variant, "review");
     tag_observed(headers, confidence, version, Some(review_id));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_confidence_header_reads_as_display_writes_it() {
+        for c in [0.0, 1.0, 0.5, 0.951_229_424_500_714_1, 1e-7, 1e-300, -0.25] {
+            let header = confidence_header(c).unwrap();
+            assert_eq!(header.to_str().unwrap(), c.to_string(), "{c}");
+            assert_eq!(header.to_str().unwrap().parse::<f64>().unwrap(), c);
+        }
+    }
 }
