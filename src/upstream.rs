@@ -18,8 +18,7 @@ mod pool;
 use crate::error::ProxyError;
 use crate::rules::{Task, Upstream};
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
-/// we set ourselves.
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -31,10 +30,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// `content-length` stays unless the message came chunked: a response passes on with the
+/// very body it framed (a `HEAD` answer's too), and a request's is replaced once its body
+/// is final.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the (few) names present instead of a hashed remove per listed name:
-    // usually only `content-length` is there.
-    let doomed = |name: &HeaderName| name == header::CONTENT_LENGTH || HOP_BY_HOP.contains(name);
+    // usually none is there.
+    let doomed = |name: &HeaderName| HOP_BY_HOP.contains(name);
     if !headers.keys().any(doomed) {
         return;
     }
@@ -49,6 +51,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for name in listed {
             headers.remove(name);
         }
+    }
+    // A chunked message was read whole: its length is the body's now, not a header's.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     let present: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
     for name in present {
@@ -298,7 +304,8 @@ mod tests {
         left.sort();
         assert_eq!(left, ["content-type", "x-request-id"]);
 
-        // Nothing to strip: untouched.
+        // Nothing to strip: untouched, `content-length` too.
+        headers.insert("content-length", HeaderValue::from_static("12"));
         let before = headers.clone();
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers, before);
