@@ -235,7 +235,7 @@ async fn run(
         ),
         publisher,
         max_body_bytes: args.max_body_bytes,
-        in_flight: tokio::sync::Semaphore::new(args.max_in_flight),
+        in_flight: proxy::InFlight::new(args.max_in_flight),
         shadow_slots: Arc::new(tokio::sync::Semaphore::new(args.max_shadow_in_flight)),
         draining: std::sync::atomic::AtomicBool::new(false),
         access_log: args.access_log,

@@ -7,6 +7,7 @@
 //! client, the review publisher, and pre-resolved metric handles.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -46,7 +47,7 @@ pub struct State {
     pub publisher: Arc<Publisher>,
     pub max_body_bytes: usize,
     /// Bounds concurrent requests; beyond it the answer is a fast 503 `overloaded`.
-    pub in_flight: tokio::sync::Semaphore,
+    pub in_flight: InFlight,
     pub access_log: AccessLog,
     /// The local spool for review items the broker cannot confirm (`None`: unusable).
     pub spool: Option<Arc<Spool>>,
@@ -58,7 +59,7 @@ pub struct State {
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let Ok(_permit) = state.in_flight.try_acquire() else {
+    let Some(_admitted) = state.in_flight.try_enter() else {
         return ProxyError::Overloaded.to_response(None);
     };
     let rules = state.rules.load_full();
@@ -90,6 +91,42 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         );
     }
     response
+}
+
+/// Requests in flight against their cap. Nothing ever waits for room, so a counter is all
+/// it takes: one atomic add on the way in and one on the way out (a semaphore's release
+/// takes its waiters' lock as well).
+#[derive(Debug)]
+pub struct InFlight {
+    count: AtomicUsize,
+    max: usize,
+}
+
+/// A request counted in; counted out when dropped.
+pub struct Admitted<'a>(&'a AtomicUsize);
+
+impl InFlight {
+    pub fn new(max: usize) -> Self {
+        InFlight {
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub fn try_enter(&self) -> Option<Admitted<'_>> {
+        // Only a count: no other memory is published through it.
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted(&self.count))
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One request's shared context: the state and the rules snapshot it loaded.
@@ -574,5 +611,22 @@ mod tests {
             assert_eq!(header.to_str().unwrap(), c.to_string(), "{c}");
             assert_eq!(header.to_str().unwrap().parse::<f64>().unwrap(), c);
         }
+    }
+
+    #[test]
+    fn in_flight_admits_up_to_its_cap_and_counts_out_on_drop() {
+        let in_flight = InFlight::new(2);
+        let (a, b) = (in_flight.try_enter(), in_flight.try_enter());
+        assert!(a.is_some() && b.is_some());
+        assert!(in_flight.try_enter().is_none(), "a third is refused");
+        assert!(
+            in_flight.try_enter().is_none(),
+            "and a refusal leaves no count behind"
+        );
+        drop(a);
+        assert!(
+            in_flight.try_enter().is_some(),
+            "room again once one leaves"
+        );
     }
 }

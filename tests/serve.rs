@@ -939,3 +939,45 @@ async fn h2c_clients_are_served() {
         assert_eq!(r.headers()["x-triage-decision"], "pass");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_past_the_in_flight_cap_get_a_fast_503_and_room_comes_back() {
+    let up = Upstream::start(|r| {
+        let reply = Reply::json(json!({"confidence": 0.9}));
+        match r.path.as_str() {
+            "/slow" => reply.delay(Duration::from_millis(1500)),
+            _ => reply,
+        }
+    })
+    .await;
+    let t = Triage::start_with(&one_task_rules(&up.url()), &["--max-in-flight", "2"], &[]).await;
+    let c = client();
+    let post = |path: &'static str| {
+        let (c, url) = (c.clone(), format!("{}{path}", t.data));
+        tokio::spawn(async move { c.post(url).body("{}").send().await.unwrap() })
+    };
+
+    let held = [post("/slow"), post("/slow")];
+    // Both are in flight once the upstream has seen them.
+    while up.count() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let r = post("/fast").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "refused without waiting for room"
+    );
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "overloaded");
+    assert_eq!(up.count(), 2, "the refused request never went upstream");
+
+    for h in held {
+        assert_eq!(h.await.unwrap().status(), 200);
+    }
+    let r = post("/fast").await.unwrap();
+    assert_eq!(r.status(), 200, "the two that finished made room");
+    assert_eq!(r.headers()["x-triage-decision"], "pass");
+}
