@@ -3,13 +3,15 @@
 //! confidence extractors, route, decision) directly.
 //!
 //! The request path, in order: `server` (listen) → `proxy` (one request's phases) →
-//! `route` (match task, choose variant) → `upstream` (pin version, forward) → `observe`
+//! `route` (match task, choose variant) → `upstream` (pin version, forward; `body` reads
+//! the request and the answer whole) → `observe`
 //! (`probe` + `confidence`) → `decide` → `review` (publish, `spool` fallback) → respond.
 //! Control plane: `rules` (load, compile, reload), `amqp`, `verdicts`, `metrics`, `admin`,
 //! `settings`, `logline` (log lines written off the request path).
 
 pub mod admin;
 pub mod amqp;
+pub mod body;
 pub mod confidence;
 pub mod decide;
 pub mod error;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, request};
 use http_body_util::{BodyExt, Full};
@@ -396,40 +396,14 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        drain(&mut body, declared.unwrap_or(0)).await;
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ProxyError::BadRequestBody(e.to_string()))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        len += data.len();
-        if len > limit {
+    match crate::body::read(&mut body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(crate::body::Error::TooLarge) => {
             drain(&mut body, declared.unwrap_or(0)).await;
-            return Err(ProxyError::BodyTooLarge { limit });
+            Err(ProxyError::BodyTooLarge { limit })
         }
-        // The common case is one frame: keep it as it came, without a copy.
-        match &first {
-            None => first = Some(data),
-            Some(head) => {
-                if rest.is_empty() {
-                    rest.reserve(declared.map_or(0, |n| n as usize).max(len));
-                    rest.extend_from_slice(head);
-                }
-                rest.extend_from_slice(&data);
-            }
-        }
+        Err(crate::body::Error::Read(e)) => Err(ProxyError::BadRequestBody(e.to_string())),
     }
-    Ok(if rest.is_empty() {
-        first.unwrap_or_default()
-    } else {
-        rest.freeze()
-    })
 }
 
 /// Read and discard what is left of a body, up to 64 MiB and 5 s.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::PathAndQuery;
 use http::{Request, StatusCode, Uri, Version, request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde_json::Value;
 
 mod pool;
@@ -104,21 +104,18 @@ impl UpstreamClient {
                 .send(&upstream.authority, req)
                 .await
                 .map_err(|e| ProxyError::Upstream(error_chain(&e)))?;
-            let (head, body) = resp.into_parts();
-            let body = Limited::new(body, self.max_response_bytes)
-                .collect()
+            let (head, mut body) = resp.into_parts();
+            let body = crate::body::read(&mut body, self.max_response_bytes)
                 .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        ProxyError::BadUpstreamResponse(format!(
-                            "response body larger than {} bytes",
-                            self.max_response_bytes
-                        ))
-                    } else {
+                .map_err(|e| match e {
+                    crate::body::Error::TooLarge => ProxyError::BadUpstreamResponse(format!(
+                        "response body larger than {} bytes",
+                        self.max_response_bytes
+                    )),
+                    crate::body::Error::Read(e) => {
                         ProxyError::Upstream(format!("reading response body: {e}"))
                     }
-                })?
-                .to_bytes();
+                })?;
             // Read to the end: the connection can serve the next request.
             self.pool.put_back(&upstream.authority, conn).await;
             let mut headers = head.headers;

@@ -981,3 +981,57 @@ async fn requests_past_the_in_flight_cap_get_a_fast_503_and_room_comes_back() {
     assert_eq!(r.status(), 200, "the two that finished made room");
     assert_eq!(r.headers()["x-triage-decision"], "pass");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_are_read_whole_up_to_the_response_cap_and_refused_past_it() {
+    // Bodies of many frames: 200 KB fits under the 256 KiB cap, 300 KB does not.
+    let answer = |size: usize| {
+        let pad = "x".repeat(size);
+        serde_json::to_vec(&json!({"confidence": 0.9, "pad": pad})).unwrap()
+    };
+    let (fits, too_big) = (answer(200_000), answer(300_000));
+    let fits_body = fits.clone();
+    let up = Upstream::start(move |r| {
+        let body = if r.path == "/fits" { &fits } else { &too_big };
+        Reply::raw(200, body).header("content-type", "application/json")
+    })
+    .await;
+    let t = Triage::start_with(
+        &one_task_rules(&up.url()),
+        &["--max-response-bytes", "262144"],
+        &[],
+    )
+    .await;
+    let c = client();
+
+    let r = c
+        .post(format!("{}/fits", t.data))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-triage-decision"], "pass");
+    assert_eq!(r.headers()["content-length"], fits_body.len().to_string());
+    assert_eq!(
+        &r.bytes().await.unwrap()[..],
+        &fits_body[..],
+        "byte for byte"
+    );
+
+    let r = c
+        .post(format!("{}/big", t.data))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_upstream_response");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("262144")),
+        "{v}"
+    );
+}
