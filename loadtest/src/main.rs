@@ -7,6 +7,7 @@
 //! cargo run -p loadtest --release -- floor --listen 127.0.0.1:8081 --upstream 127.0.0.1:8000
 //! cargo run -p loadtest --release -- drive --url http://127.0.0.1:8080/v1/chat/completions --rate 1000
 //! cargo run -p loadtest --release -- run --rounds 3
+//! cargo run -p loadtest --release -- ab --bin base=/tmp/triage.before --bin target/release/triage
 //! ```
 //!
 //! Subcommands:
@@ -68,7 +69,15 @@
 //!   guest@127.0.0.1:5672) and a release build of triage (`--triage-bin`, default
 //!   `target/release/triage`). Knobs: `--rounds`, `--quick`, `--sat-secs`, `--fixed-secs`,
 //!   `--rates`, `--connections`, `--idle-conns`, `--no-nginx`, `--no-floor`, `--no-pin`.
+//!
+//! - `ab`: two or more triage binaries (`--bin LABEL=PATH`, the first the baseline)
+//!   alternated at saturation, A B A B … for `--rounds` (default 5), each started afresh,
+//!   pinned and with one worker as in `run`, warmed up, then measured in a closed loop:
+//!   req/s and CPU per request split into user and system time, medians and ranges, and
+//!   each binary's ratio to the baseline. For a change worth a few per cent, which a full
+//!   `run` cannot see through its ±10 % between rounds.
 
+mod ab;
 mod drive;
 mod floor;
 mod mock;
@@ -98,6 +107,8 @@ enum Cmd {
     Floor(floor::FloorArgs),
     /// The interleaved comparison: direct, nginx, triage pass/10 % held/100 % held.
     Run(run::RunArgs),
+    /// Two or more triage binaries alternated at saturation (A B A B …), first = baseline.
+    Ab(ab::AbArgs),
 }
 
 fn main() {
@@ -107,6 +118,7 @@ fn main() {
         Cmd::Drive(a) => drive::main(a),
         Cmd::Floor(a) => floor::main(a),
         Cmd::Run(a) => run::main(a),
+        Cmd::Ab(a) => ab::main(a),
     };
     if let Err(e) = result {
         eprintln!("loadtest: {e}");

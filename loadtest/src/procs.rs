@@ -61,12 +61,18 @@ pub fn clk_tck() -> f64 {
 
 /// utime + stime of one process (all its threads, living and exited), in ticks.
 pub fn cpu_ticks(pid: u32) -> u64 {
+    let (user, system) = cpu_ticks_split(pid);
+    user + system
+}
+
+/// utime and stime of one process (all its threads, living and exited), in ticks.
+pub fn cpu_ticks_split(pid: u32) -> (u64, u64) {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
+        return (0, 0);
     };
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
+        return (0, 0);
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state); utime is field 14, stime field 15.
@@ -75,7 +81,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    get(14) + get(15)
+    (get(14), get(15))
 }
 
 /// The process and its descendants (nginx: master + worker).

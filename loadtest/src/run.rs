@@ -104,12 +104,12 @@ pub fn main(mut a: RunArgs) -> Result<()> {
 }
 
 /// One proxy process (or the mock) whose CPU and memory we read.
-struct Server {
+pub(crate) struct Server {
     name: &'static str,
-    proc: Proc,
-    data: SocketAddr,
+    pub(crate) proc: Proc,
+    pub(crate) data: SocketAddr,
     /// triage: the queue names (review exchange/queue, verdict exchange/queue).
-    queues: Option<[String; 4]>,
+    pub(crate) queues: Option<[String; 4]>,
     idle_mb: f64,
     /// Review ids answered 202 through this process / found in its queue.
     ids_202: HashSet<String>,
@@ -766,7 +766,7 @@ fn free_port() -> Result<u16> {
 // ---------------------------------------------------------------------------------------
 // triage
 
-async fn start_triage(
+pub(crate) async fn start_triage(
     bin: &Path,
     dir: &Path,
     name: &'static str,
@@ -935,7 +935,7 @@ async fn drain(
     Ok(())
 }
 
-async fn delete_queues(url: &str, all: &[[String; 4]]) -> Result<()> {
+pub(crate) async fn delete_queues(url: &str, all: &[[String; 4]]) -> Result<()> {
     if all.is_empty() {
         return Ok(());
     }
