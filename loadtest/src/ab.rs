@@ -5,7 +5,9 @@
 //! (pinned and with one worker as in `run`, its own queues), gets a warm-up, then a closed
 //! loop; CPU comes from `/proc` split into user and system time, since a change to triage's
 //! code moves the first, and the second follows the kernel's network path and the
-//! machine's noise.
+//! machine's noise. Besides each binary's medians, the report gives the median of the
+//! rounds' own ratios (B's figure over A's in the same round), which the machine's drift
+//! from round to round does not move, and in how many rounds B came out below A.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -216,7 +218,7 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
         ("total CPU µs/req", |s| s.user_us + s.sys_us),
     ];
     let mut md = format!(
-        "A/B at saturation: {} rounds, {} body, {} connections, {} s closed loop per binary and round; medians (range).\n\n| measure |",
+        "A/B at saturation: {} rounds, {} body, {} connections, {} s closed loop per binary and round; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
         a.rounds.max(1),
         a.size.label(),
         a.connections,
@@ -228,8 +230,11 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
     for (label, _) in &bins[1..] {
         md.push_str(&format!(" {label} / {} |", bins[0].0));
     }
+    for (label, _) in &bins[1..] {
+        md.push_str(&format!(" {label} / {}, round by round |", bins[0].0));
+    }
     md.push_str("\n| --- |");
-    md.push_str(&" ---: |".repeat(2 * bins.len() - 1));
+    md.push_str(&" ---: |".repeat(3 * bins.len() - 2));
     md.push('\n');
     for (name, f) in measures {
         md.push_str(&format!("| {name} |"));
@@ -248,6 +253,20 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
         }
         for i in 1..bins.len() {
             md.push_str(&format!(" {:.3}× |", med(i, f) / med(0, f)));
+        }
+        // Paired: each round's ratio, so that drift of the machine between rounds cancels.
+        for runs in &samples[1..] {
+            let ratios: Vec<f64> = runs
+                .iter()
+                .zip(&samples[0])
+                .map(|(b, a)| f(b) / f(a))
+                .collect();
+            let below = ratios.iter().filter(|&&r| r < 1.0).count();
+            md.push_str(&format!(
+                " {:.3}× ({below} of {} below 1) |",
+                median(ratios.clone()),
+                ratios.len()
+            ));
         }
         md.push('\n');
     }
