@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::drive::{self, Load, Target};
-use crate::procs::{self, Proc};
-use crate::run::{delete_queues, start_triage, unix_secs};
+use crate::procs;
+use crate::run::{delete_queues, start_mock, start_triage, unix_secs};
 use crate::{Result, Size};
 
 #[derive(clap::Args)]
@@ -98,23 +98,7 @@ async fn alternate(
     let run_id = format!("ab-{}-{}", std::process::id(), unix_secs() % 100_000);
     let dir = std::env::temp_dir().join(format!("triage-loadtest-{run_id}"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{dir:?}: {e}"))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let (mut mock, addr) = Proc::start(
-        "mock",
-        &[
-            exe.display().to_string(),
-            "mock".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-        ],
-        &[],
-        &dir.join("mock.log"),
-        Some("listening "),
-    )
-    .await?;
-    let mock_addr = addr
-        .parse()
-        .map_err(|e| format!("mock said {addr:?}: {e}"))?;
+    let (mut mock, mock_addr) = start_mock(&dir).await?;
     let prefix: Vec<String> = if pin {
         vec!["taskset".into(), "-c".into(), a.proxy_cpu.to_string()]
     } else {

@@ -204,22 +204,7 @@ async fn measure_all(
     };
     // The mock: inherits our CPU (the load CPU).
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let (mock, addr) = Proc::start(
-        "mock",
-        &[
-            exe.display().to_string(),
-            "mock".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-        ],
-        &[],
-        &dir.join("mock.log"),
-        Some("listening "),
-    )
-    .await?;
-    let mock_addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| format!("mock said {addr:?}: {e}"))?;
+    let (mock, mock_addr) = start_mock(dir).await?;
     servers.push(Server::new("mock", mock, mock_addr, None));
     eprintln!("mock at {mock_addr}");
 
@@ -761,6 +746,28 @@ http {{
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// The mock model server, a child of this process (so on the load CPU when pinned).
+pub(crate) async fn start_mock(dir: &Path) -> Result<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (mock, addr) = Proc::start(
+        "mock",
+        &[
+            exe.display().to_string(),
+            "mock".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ],
+        &[],
+        &dir.join("mock.log"),
+        Some("listening "),
+    )
+    .await?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("mock said {addr:?}: {e}"))?;
+    Ok((mock, addr))
 }
 
 // ---------------------------------------------------------------------------------------
