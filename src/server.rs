@@ -10,14 +10,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::Body;
 
-/// Serve `handler` on `listener` until `shutdown` turns true, then let open connections
-/// finish their in-flight requests for up to `grace`.
+mod graceful;
+
 /// Connection limits against slow and hostile clients.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -32,6 +31,8 @@ pub struct Limits {
     pub grace: Duration,
 }
 
+/// Serve `handler` on `listener` until `shutdown` turns true, then let open connections
+/// finish their in-flight requests for up to `grace`.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     handler: F,
@@ -55,7 +56,7 @@ pub async fn serve<F, Fut>(
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(limits.header_read_timeout)
         .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
-    let graceful = GracefulShutdown::new();
+    let graceful = graceful::Shutdown::new();
 
     loop {
         tokio::select! {
@@ -72,8 +73,8 @@ pub async fn serve<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let builder = builder.clone();
-                let watcher = graceful.watcher();
                 let first_byte = limits.header_read_timeout;
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // hyper's header timer starts only once it reads a head; the h1/h2
                     // sniffing before it has none. A client that connects and sends
@@ -88,7 +89,8 @@ pub async fn serve<F, Fut>(
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn).await {
+                    let conn = watcher.watch(conn, |conn| conn.graceful_shutdown());
+                    if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });

@@ -545,3 +545,48 @@ async fn slow_and_hostile_clients_get_clear_errors_and_others_are_served() {
     let r = t.post_empty(&c).await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_idle_keep_alive_connections_without_waiting_out_the_grace() {
+    let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.9}))).await;
+    let t = Triage::start_with(
+        &one_task_rules(&up.url()),
+        &["--drain-delay-ms", "0", "--shutdown-timeout-ms", "20000"],
+        &[],
+    )
+    .await;
+    // One request on a keep-alive connection, which then sits idle.
+    let addr = t.data.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST /v1/x HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+
+    let pid = t.child.id().unwrap();
+    let sent = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    // The idle connection is closed by triage, not held until the grace runs out.
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection was not closed: {closed:?}"
+    );
+    let mut t = t;
+    let exit = tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+        .await
+        .expect("triage exited before its 20 s shutdown timeout")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(sent.elapsed() < Duration::from_secs(10));
+}
