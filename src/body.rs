@@ -13,10 +13,10 @@ pub enum Error {
 }
 
 /// Read `body` to its end, refusing more than `limit` bytes (at once, unread, when its
-/// `content-length` says more). A body that comes in one frame
-/// (a small one usually does) is kept as it came, without a copy. One in several frames is
-/// gathered into one buffer, sized up front from its `content-length` (capped at `limit`,
-/// so a false one cannot make it reserve more), not grown frame by frame.
+/// `content-length` says more). A body that comes in one frame (a small one usually does)
+/// is kept as it came, without a copy. One in several frames is gathered into one buffer,
+/// sized up front from its `content-length` (capped at `limit`, so a false one cannot make
+/// it reserve more), not grown frame by frame.
 pub async fn read(body: &mut Incoming, limit: usize) -> Result<Bytes, Error> {
     let declared = body.size_hint().exact();
     if declared.is_some_and(|n| n > limit as u64) {

@@ -3,11 +3,13 @@
 //! single changes save; alternating two builds of triage against the same mock, minutes
 //! apart, is what shows a change of a few per cent. Each binary starts afresh every round
 //! (pinned and with one worker as in `run`, its own queues), gets a warm-up, then a closed
-//! loop; CPU comes from `/proc` split into user and system time, since a change to triage's
-//! code moves the first, and the second follows the kernel's network path and the
-//! machine's noise. Besides each binary's medians, the report gives the median of the
-//! rounds' own ratios (B's figure over A's in the same round), which the machine's drift
-//! from round to round does not move, and in how many rounds B came out below A.
+//! loop, and the order rotates from round to round. CPU comes from `/proc` split into user
+//! and system time, since a change to triage's code moves the first, and the second follows
+//! the kernel's network path and the machine's noise. Besides each binary's medians, the
+//! report gives the median of the rounds' own ratios (B's figure over A's in the same
+//! round), which the machine's drift from round to round does not move, and in how many
+//! rounds B came out below A. Giving the baseline twice (`--bin a=X --bin b=Y --bin a2=X`)
+//! measures the method's own noise: A against A.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,7 +109,14 @@ async fn alternate(
     let mut samples = vec![Vec::new(); bins.len()];
     let mut result = Ok(());
     'rounds: for round in 1..=a.rounds.max(1) {
-        for (i, (label, bin)) in bins.iter().enumerate() {
+        // Each round starts one binary later (A B, B A, …): whatever a position in the
+        // round costs (the broker still tearing down the last binary's connection and
+        // queues, say) falls on every binary alike.
+        for k in 0..bins.len() {
+            let i = (k + round - 1) % bins.len();
+            let (label, bin) = &bins[i];
+            // Let the last binary's exit and cleanup settle first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             match one(a, label, bin, &dir, mock_addr, &run_id, &prefix).await {
                 Ok(s) => {
                     eprintln!(
