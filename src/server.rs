@@ -56,7 +56,7 @@ pub async fn serve<F, Fut>(
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(limits.header_read_timeout)
         .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
-    let graceful = graceful::Shutdown::new();
+    let open = graceful::Shutdown::new();
 
     loop {
         tokio::select! {
@@ -73,8 +73,8 @@ pub async fn serve<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let builder = builder.clone();
+                let watcher = open.watcher();
                 let first_byte = limits.header_read_timeout;
-                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // hyper's header timer starts only once it reads a head; the h1/h2
                     // sniffing before it has none. A client that connects and sends
@@ -104,10 +104,7 @@ pub async fn serve<F, Fut>(
     }
     drop(listener);
     let grace = limits.grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, open.shutdown()).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "connections still open after the shutdown deadline"
