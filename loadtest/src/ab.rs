@@ -52,6 +52,8 @@ struct Sample {
     rps: f64,
     user_us: f64,
     sys_us: f64,
+    /// Share of the proxy's CPU the hypervisor took while it was measured, %.
+    steal_pct: f64,
 }
 
 pub fn main(a: AbArgs) -> Result<()> {
@@ -120,11 +122,12 @@ async fn alternate(
             match one(a, label, bin, &dir, mock_addr, &run_id, &prefix).await {
                 Ok(s) => {
                     eprintln!(
-                        "round {round} {label:>16}: {:>8.0} req/s  user {:5.2}  sys {:5.2}  total {:5.2} µs/req",
+                        "round {round} {label:>16}: {:>8.0} req/s  user {:5.2}  sys {:5.2}  total {:5.2} µs/req  steal {:4.1} %",
                         s.rps,
                         s.user_us,
                         s.sys_us,
-                        s.user_us + s.sys_us
+                        s.user_us + s.sys_us,
+                        s.steal_pct
                     );
                     samples[i].push(s);
                 }
@@ -165,8 +168,10 @@ async fn one(
     let measured = async {
         drive::run(&load(1.5)?).await;
         let (u0, s0) = procs::cpu_ticks_split(pid);
+        let (st0, all0) = procs::cpu_steal_ticks(a.proxy_cpu);
         let out = drive::run(&load(a.secs)?).await;
         let (u1, s1) = procs::cpu_ticks_split(pid);
+        let (st1, all1) = procs::cpu_steal_ticks(a.proxy_cpu);
         let n = out.count(200);
         if n == 0 || n != out.completed {
             return Err(format!(
@@ -180,6 +185,8 @@ async fn one(
             rps: out.rate(),
             user_us: us(u1.saturating_sub(u0)),
             sys_us: us(s1.saturating_sub(s0)),
+            steal_pct: 100.0 * st1.saturating_sub(st0) as f64
+                / all1.saturating_sub(all0).max(1) as f64,
         })
     }
     .await;
@@ -263,5 +270,17 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
         }
         md.push('\n');
     }
+    // Time the hypervisor took from the proxy's CPU: where it differs between binaries, so
+    // may their figures, whatever the code did.
+    md.push_str("\nSteal on the proxy's CPU while measured, median (max):");
+    for (i, (label, _)) in bins.iter().enumerate() {
+        let max = samples[i].iter().map(|s| s.steal_pct).fold(0.0, f64::max);
+        md.push_str(&format!(
+            " {label} {:.1} % ({max:.1} %);",
+            med(i, |s| s.steal_pct)
+        ));
+    }
+    md.pop();
+    md.push_str(".\n");
     md
 }

@@ -74,7 +74,8 @@
 //!   alternated at saturation, A B A B … for `--rounds` (default 5), each started afresh,
 //!   pinned and with one worker as in `run`, warmed up, then measured in a closed loop:
 //!   req/s and CPU per request split into user and system time, medians and ranges, each
-//!   binary's ratio to the baseline, and the median of the rounds' own ratios. For a change worth a few per cent, which a full
+//!   binary's ratio to the baseline, the median of the rounds' own ratios, and the
+//!   hypervisor's steal on the proxy's CPU. For a change worth a few per cent, which a full
 //!   `run` cannot see through its ±10 % between rounds.
 
 mod ab;

@@ -84,6 +84,28 @@ pub fn cpu_ticks_split(pid: u32) -> (u64, u64) {
     (get(14), get(15))
 }
 
+/// One CPU's (steal, total) ticks from `/proc/stat`: what the hypervisor took from it, out
+/// of everything it counted.
+pub fn cpu_steal_ticks(cpu: usize) -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+    else {
+        return (0, 0);
+    };
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let steal = f.get(7).copied().unwrap_or(0);
+    // guest and guest_nice are already counted in user and nice.
+    (steal, f.iter().take(8).sum())
+}
+
 /// The process and its descendants (nginx: master + worker).
 pub fn tree(pid: u32) -> Vec<u32> {
     let mut out = vec![pid];
