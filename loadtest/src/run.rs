@@ -203,7 +203,6 @@ async fn measure_all(
         Vec::new()
     };
     // The mock: inherits our CPU (the load CPU).
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (mock, mock_addr) = start_mock(dir).await?;
     servers.push(Server::new("mock", mock, mock_addr, None));
     eprintln!("mock at {mock_addr}");
@@ -233,6 +232,7 @@ async fn measure_all(
     let floor = if a.no_floor {
         None
     } else {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut argv = proxy_prefix.clone();
         argv.extend([
             exe.display().to_string(),
