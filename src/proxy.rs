@@ -208,7 +208,7 @@ async fn run<'t>(
     let variants = &task.rollout.variants;
 
     // Read the body, capped.
-    let body = read_body(body, &parts.headers, state.max_body_bytes)
+    let body = read_body(body, state.max_body_bytes)
         .await
         .map_err(|e| (chosen_variant, e))?;
 
@@ -387,19 +387,11 @@ async fn run<'t>(
 /// Read the request body into one buffer, capped at `limit`. An oversized body is drained
 /// (within bounds) before the 413 goes out: closing on unread bytes makes the kernel send a
 /// reset, and the client would lose the answer that explains it.
-async fn read_body(
-    mut body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ProxyError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
     match crate::body::read(&mut body, limit).await {
         Ok(bytes) => Ok(bytes),
         Err(crate::body::Error::TooLarge) => {
-            drain(&mut body, declared.unwrap_or(0)).await;
+            drain(&mut body).await;
             Err(ProxyError::BodyTooLarge { limit })
         }
         Err(crate::body::Error::Read(e)) => Err(ProxyError::BadRequestBody(e.to_string())),
@@ -407,9 +399,13 @@ async fn read_body(
 }
 
 /// Read and discard what is left of a body, up to 64 MiB and 5 s.
-async fn drain(body: &mut Incoming, declared: u64) {
+async fn drain(body: &mut Incoming) {
     const MAX: u64 = 64 * 1024 * 1024;
-    if declared > MAX {
+    // What the request's `content-length` says is left (hyper keeps count).
+    if hyper::body::Body::size_hint(&*body)
+        .exact()
+        .is_some_and(|left| left > MAX)
+    {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
