@@ -2,9 +2,9 @@
 //! flight and closes, and the server waits until all have.
 //!
 //! hyper-util's `GracefulShutdown` does the same, but its watcher polls a
-//! `watch::Receiver::changed()` future every time a connection's task wakes, at least twice
-//! a request. Each of those polls takes the lock of the `Notify` behind the channel, one
-//! lock for all connections: ~490 instructions a 0.8 KB request (callgrind), and with
+//! `watch::Receiver::changed()` future every time a connection's task wakes, three times a
+//! 0.8 KB request. Each of those polls takes the lock of the `Notify` behind the channel,
+//! one lock for all connections: 484 instructions a request (callgrind), and with
 //! several workers a lock shared by every connection on the request path. Here the signal's
 //! future is polled only when its own waker has fired: on other wake-ups the cost is an
 //! `AtomicWaker` registration and a load, and nothing is shared between connections.
