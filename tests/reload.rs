@@ -167,6 +167,87 @@ async fn an_editor_that_writes_a_temp_file_and_renames_it_is_picked_up() {
     eventually(&t, (200, "pass", "three"), Duration::from_secs(5)).await;
 }
 
+/// Counts every open of `file` by any process, from now on (inotify on its directory).
+fn count_opens(file: &Path) -> (notify::RecommendedWatcher, Arc<AtomicUsize>) {
+    use notify::event::{AccessKind, EventKind};
+    use notify::{RecursiveMode, Watcher};
+    let opens = Arc::new(AtomicUsize::new(0));
+    let seen = opens.clone();
+    let name = file.file_name().unwrap().to_owned();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e
+            && matches!(e.kind, EventKind::Access(AccessKind::Open(_)))
+            && e.paths.iter().any(|p| p.file_name() == Some(&name))
+        {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    watcher
+        .watch(file.parent().unwrap(), RecursiveMode::NonRecursive)
+        .unwrap();
+    (watcher, opens)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_reload_the_rules_file_is_left_alone_until_it_changes_again() {
+    let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.6}))).await;
+    let t = Triage::start_with(
+        &rules(&up.url(), "one", 0.5, false),
+        &["--rules-poll-interval-ms", "0"],
+        &[],
+    )
+    .await;
+    let reloads = || t.metric("triage_rules_reloads_total", &[("result", "ok")]);
+    let before = reloads().await;
+    let (_watcher, opens) = count_opens(&t.rules_path);
+    std::fs::write(&t.rules_path, rules(&up.url(), "two", 0.7, false)).unwrap();
+    eventually(&t, (202, "review", "two"), Duration::from_secs(5)).await;
+    let read = opens.load(Ordering::SeqCst);
+    assert!(
+        read >= 2,
+        "our write and triage's read are both seen: {read}"
+    );
+
+    // Reading the file is not a change: nothing more opens it while nothing edits it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        opens.load(Ordering::SeqCst) - read,
+        0,
+        "the rules file was opened again with nothing changed"
+    );
+    assert_eq!(reloads().await, before + 1.0);
+
+    // And the watch still sees the next edit.
+    std::fs::write(&t.rules_path, rules(&up.url(), "three", 0.5, false)).unwrap();
+    eventually(&t, (200, "pass", "three"), Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_with_a_typo_is_refused_once_not_again_and_again() {
+    let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.6}))).await;
+    let good = rules(&up.url(), "one", 0.5, false);
+    let t = Triage::start_with(&good, &["--rules-poll-interval-ms", "0"], &[]).await;
+    let errors = || t.metric("triage_rules_reloads_total", &[("result", "error")]);
+    std::fs::write(
+        &t.rules_path,
+        good.replace("threshold: 0.5", "threshold: 1.5"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while errors().await < 1.0 {
+        assert!(Instant::now() < deadline, "the typo was never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The watcher's retries (three tries over half a second) are one refusal, and the file is
+    // not read again until it changes: the count and the log stay put.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(errors().await, 1.0);
+    let logged = t.stderr().matches("rules reload refused").count();
+    assert_eq!(logged, 1, "{}", t.stderr());
+    assert_eq!(decision(&t).await, (200, "pass".into(), "one".into()));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_file_changes_nothing_and_fixing_it_recovers() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.6}))).await;

@@ -18,7 +18,7 @@ fn io_error(path: &Path, e: std::io::Error) -> Vec<RuleError> {
     }]
 }
 
-fn is_rules_file(name: &str) -> bool {
+pub(super) fn is_rules_file(name: &str) -> bool {
     !name.starts_with('.')
         && [".yaml", ".yml", ".json"]
             .iter()

@@ -5,12 +5,14 @@
 //! on a reload; a reload never changes a request midway. Reloads are serialised by an async
 //! mutex that only the control plane takes.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::RuleSet;
@@ -144,26 +146,77 @@ impl Reloader {
     }
 }
 
-/// The directory to watch: the rules directory itself, or a file's parent. Watching the
-/// file would see the first kubelet swap and then nothing (the inode it watched is gone).
-fn watch_dir(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        match path.parent() {
+/// What the watcher looks at: the rules directory, or a file's parent (watching the file
+/// itself would see the first kubelet swap and then nothing: the inode it watched is gone),
+/// and which events there are worth a reload.
+struct Watched {
+    dir: PathBuf,
+    /// The rules file's name; `None` when the rules path is a directory.
+    file: Option<OsString>,
+}
+
+impl Watched {
+    fn new(path: &Path) -> Self {
+        if path.is_dir() {
+            return Watched {
+                dir: path.to_path_buf(),
+                file: None,
+            };
+        }
+        let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
+        };
+        Watched {
+            dir,
+            file: path.file_name().map(ToOwned::to_owned),
         }
+    }
+
+    /// An event about the rules (the file, a rules file of the directory, or the kubelet's
+    /// `..data` link that a ConfigMap update swaps) that can mean they changed. Events
+    /// about other files are not: a log written next to the rules would otherwise trigger a
+    /// reload with every line, and a refused file logs a line with every reload. An event
+    /// without a path (the kernel's queue overflowed) might be anything.
+    fn wants(&self, event: &notify::Event) -> bool {
+        may_change(&event.kind)
+            && (event.paths.is_empty() || event.paths.iter().any(|p| self.about_rules(p)))
+    }
+
+    fn about_rules(&self, path: &Path) -> bool {
+        let Some(name) = path.file_name() else {
+            return true;
+        };
+        if name == "..data" {
+            return true;
+        }
+        match &self.file {
+            Some(file) => name == file,
+            None => name.to_str().is_some_and(load::is_rules_file),
+        }
+    }
+}
+
+/// Whether an event's kind can mean a change. Any can, even a Remove (the content hash
+/// decides), except an open or a read: notify reports those too (inotify's `IN_OPEN`), and
+/// every reload opens the file, so reacting to them made each reload trigger the next, ten
+/// times a second for as long as triage ran.
+fn may_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
 /// Start the triggers: a debounced directory watcher, SIGHUP, and a slow poll.
 pub fn spawn_triggers(reloader: Arc<Reloader>, poll: Duration) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let dir = watch_dir(&reloader.path);
+    let watched = Watched::new(&reloader.path);
+    let dir = watched.dir.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Any kind of event, even a Remove, means "look again"; a full channel already does.
-        if event.is_ok() {
+        // A full channel already means "look again".
+        if event.is_ok_and(|e| watched.wants(&e)) {
             let _ = tx.try_send(());
         }
     })
@@ -208,5 +261,78 @@ pub fn spawn_triggers(reloader: Arc<Reloader>, poll: Duration) {
                 reloader.reload_settled("poll").await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn opens_and_reads_are_not_changes_but_writes_renames_and_removes_are() {
+        let quiet = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ];
+        for kind in quiet {
+            assert!(!may_change(&kind), "{kind:?}");
+        }
+        let changes = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::Any),
+            EventKind::Remove(RemoveKind::Any),
+            EventKind::Any,
+            EventKind::Other,
+        ];
+        for kind in changes {
+            assert!(may_change(&kind), "{kind:?}");
+        }
+    }
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths
+            .iter()
+            .fold(notify::Event::new(kind), |e, p| e.add_path(p.into()))
+    }
+
+    #[test]
+    fn only_events_about_the_rules_are_wanted() {
+        let modify = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.yaml");
+        std::fs::write(&file, "version: 1\n").unwrap();
+        let as_file = Watched::new(&file);
+        assert_eq!(as_file.dir, dir.path());
+        let at = |name: &str| dir.path().join(name).display().to_string();
+
+        assert!(as_file.wants(&event(modify, &[&at("rules.yaml")])));
+        // A kubelet swap renames ..data_tmp over ..data; an editor renames its temp file.
+        assert!(as_file.wants(&event(renamed, &[&at("..data_tmp"), &at("..data")])));
+        assert!(as_file.wants(&event(
+            renamed,
+            &[&at(".rules.yaml.swp"), &at("rules.yaml")]
+        )));
+        assert!(as_file.wants(&event(EventKind::Other, &[])));
+        assert!(!as_file.wants(&event(modify, &[&at("triage.log")])));
+        assert!(!as_file.wants(&event(modify, &[&at("other.yaml")])));
+        let opened = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(!as_file.wants(&event(opened, &[&at("rules.yaml")])));
+
+        let as_dir = Watched::new(dir.path());
+        assert_eq!(
+            (as_dir.dir.as_path(), as_dir.file.as_ref()),
+            (dir.path(), None)
+        );
+        assert!(as_dir.wants(&event(modify, &[&at("other.yaml")])));
+        assert!(as_dir.wants(&event(renamed, &[&at("..data_tmp"), &at("..data")])));
+        assert!(!as_dir.wants(&event(modify, &[&at("triage.log")])));
+        assert!(!as_dir.wants(&event(modify, &[&at(".rules.yaml.swp")])));
     }
 }
