@@ -5,12 +5,15 @@
 //! wake, on a pinned core a context switch, and a `write` of that one line, several µs per
 //! request with the access log on. Here a line is a `try_send` into a bounded channel, no
 //! syscall; the writer thread wakes every [`TICK`] (or at once for a warning or an error),
-//! drains the channel and writes it through one buffer. When the reader of stderr stalls,
-//! lines queue up to [`QUEUED_LINES`] and are then dropped rather than stalling requests.
+//! drains the channel and writes it through one buffer. A tick that brings no line puts the
+//! writer to sleep until the next line wakes it, so an idle process has no timer firing 20
+//! times a second, and a busy one is never woken per line. When the reader of stderr
+//! stalls, lines queue up to [`QUEUED_LINES`] and are then dropped rather than stalling
+//! requests.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::{self, Thread};
 use std::time::Duration;
@@ -31,6 +34,9 @@ pub const FLUSH_WAIT: Duration = Duration::from_secs(1);
 pub struct Lines {
     queue: SyncSender<Vec<u8>>,
     writer: Thread,
+    /// Set by the writer before it sleeps without a timer; whoever queues a line then
+    /// clears it and wakes the writer.
+    asleep: Arc<AtomicBool>,
 }
 
 /// Dropping it writes what is queued and stops the writer thread, waiting at most
@@ -54,11 +60,13 @@ fn spawn_with<W: Write + Send + 'static>(
     let (queue, lines) = sync_channel(QUEUED_LINES);
     let closing = Arc::new(AtomicBool::new(false));
     let stop = closing.clone();
+    let asleep = Arc::new(AtomicBool::new(false));
+    let sleeping = asleep.clone();
     let (ended, finished) = sync_channel::<()>(0);
     let handle = thread::Builder::new()
         .name("triage-log".into())
         .spawn(move || {
-            write_until_closed(&lines, sink, tick, &stop);
+            write_until_closed(&lines, sink, tick, &stop, &sleeping);
             drop(ended);
         })?;
     let writer = handle.thread().clone();
@@ -66,6 +74,7 @@ fn spawn_with<W: Write + Send + 'static>(
         Lines {
             queue,
             writer: writer.clone(),
+            asleep,
         },
         Flush {
             closing,
@@ -80,12 +89,10 @@ fn write_until_closed<W: Write>(
     sink: W,
     tick: Duration,
     closing: &AtomicBool,
+    asleep: &AtomicBool,
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    loop {
-        thread::park_timeout(tick);
-        // Read before draining: a line sent before `closing` was set is drained below.
-        let last = closing.load(Ordering::Acquire);
+    let drain = |out: &mut std::io::BufWriter<W>| {
         let mut any = false;
         while let Ok(line) = lines.try_recv() {
             // A failing stderr has nowhere to report to; the lines are lost either way.
@@ -95,9 +102,37 @@ fn write_until_closed<W: Write>(
         if any {
             let _ = out.flush();
         }
+        any
+    };
+    let mut gather = true;
+    loop {
+        if gather {
+            thread::park_timeout(tick);
+        }
+        gather = true;
+        // Read before draining: a line sent before `closing` was set is drained below.
+        let last = closing.load(Ordering::Acquire);
+        let any = drain(&mut out);
         if last {
             return;
         }
+        if any {
+            continue;
+        }
+        // A tick without a line: sleep until one comes. Say so, then look once more. With
+        // the fences here and in `Line::drop`, either this drain sees a line queued
+        // meanwhile or its sender sees the flag (and wakes us).
+        asleep.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if drain(&mut out) {
+            asleep.store(false, Ordering::Relaxed);
+            continue;
+        }
+        while asleep.load(Ordering::Relaxed) && !closing.load(Ordering::Acquire) {
+            thread::park();
+        }
+        // Woken by a line (or by shutdown): out at once, it may be a warning.
+        gather = false;
     }
 }
 
@@ -136,7 +171,9 @@ impl Drop for Line<'_> {
         }
         // Full (stderr stalled) or closed (shutting down): the line is dropped.
         let _ = self.to.queue.try_send(std::mem::take(&mut self.buf));
-        if self.urgent {
+        fence(Ordering::SeqCst); // pairs with the writer's, before it sleeps
+        if self.urgent || self.to.asleep.load(Ordering::Relaxed) {
+            self.to.asleep.store(false, Ordering::Relaxed);
             self.to.writer.unpark();
         }
     }
@@ -301,6 +338,67 @@ mod tests {
         );
         producer.join().unwrap();
         drop(release);
+        drop(flush);
+    }
+
+    /// A sink that also tells, once, which thread writes to it (`/proc/thread-self`).
+    struct Traced {
+        to: Sender<Vec<u8>>,
+        thread: Option<Sender<std::path::PathBuf>>,
+    }
+
+    impl Write for Traced {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Some(tell) = self.thread.take() {
+                let _ = tell.send(std::fs::read_link("/proc/thread-self").unwrap());
+            }
+            let _ = self.to.send(bytes.to_vec());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn context_switches(thread: &std::path::Path) -> u64 {
+        let status =
+            std::fs::read_to_string(std::path::Path::new("/proc").join(thread).join("status"))
+                .unwrap();
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn an_idle_writer_sleeps_until_the_next_line() {
+        let (tx, rx) = channel();
+        let (tell, told) = channel();
+        let sink = Traced {
+            to: tx,
+            thread: Some(tell),
+        };
+        // A 1 ms tick: a writer that kept ticking would switch hundreds of times below.
+        let (lines, flush) = spawn_with(sink, Duration::from_millis(1)).unwrap();
+        let mut seen = Seen::default();
+        line(&lines, "first\n");
+        seen.wait_for(&rx, "first");
+        let writer = told.recv().unwrap();
+        thread::sleep(Duration::from_millis(20)); // an empty tick: asleep from here on
+        let before = context_switches(&writer);
+        thread::sleep(Duration::from_millis(300));
+        let slept = context_switches(&writer) - before;
+        assert!(slept <= 2, "the idle writer woke {slept} times in 300 ms");
+
+        // Every line still gets out, whenever it comes: just after a drain, about a tick
+        // later, or long after (a lost wake-up would leave one queued for good).
+        for i in 0..300u64 {
+            let text = format!("line {i}\n");
+            line(&lines, &text);
+            seen.wait_for(&rx, &text);
+            thread::sleep(Duration::from_micros(i % 7 * 300));
+        }
         drop(flush);
     }
 

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -221,6 +222,59 @@ async fn after_a_reload_the_rules_file_is_left_alone_until_it_changes_again() {
     // And the watch still sees the next edit.
     std::fs::write(&t.rules_path, rules(&up.url(), "three", 0.5, false)).unwrap();
     eventually(&t, (200, "pass", "three"), Duration::from_secs(5)).await;
+}
+
+/// Context switches of each of the process's threads but the main one (the runtime's), by
+/// thread name (`/proc/PID/task/TID`).
+fn helper_thread_switches(pid: u32) -> HashMap<String, u64> {
+    let mut by_name = HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        if task.file_name().unwrap().to_str() == Some(&pid.to_string()) {
+            continue;
+        }
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
+            continue; // a thread that ended meanwhile
+        };
+        let switches: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+            .sum();
+        *by_name.entry(name.trim().to_string()).or_default() += switches;
+    }
+    by_name
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_triage_sleeps_after_a_rules_edit() {
+    let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.6}))).await;
+    // One worker: the runtime is the main thread, and every other thread is a helper.
+    let t = Triage::start_with(
+        &rules(&up.url(), "one", 0.5, false),
+        &["--rules-poll-interval-ms", "0", "--worker-threads", "1"],
+        &[],
+    )
+    .await;
+    std::fs::write(&t.rules_path, rules(&up.url(), "two", 0.7, false)).unwrap();
+    eventually(&t, (202, "review", "two"), Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The log writer, the blocking pool that reads the rules, the spool's writer, the
+    // broker's I/O threads: with no request and no edit, none of them has anything to do.
+    let pid = t.child.id().unwrap();
+    let before = helper_thread_switches(pid);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = helper_thread_switches(pid);
+    let woke: Vec<(String, u64)> = after
+        .iter()
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 2)
+        .collect();
+    assert!(woke.is_empty(), "woke while idle: {woke:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
