@@ -123,7 +123,8 @@ pub struct Spool {
     healthy: Arc<AtomicBool>,
     /// Set when an append was refused for space; cleared when a replay frees some.
     full: AtomicBool,
-    wake: tokio::sync::Notify,
+    /// Notified by the writer thread whenever items land: the replay waits on it.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Spool {
@@ -146,7 +147,7 @@ impl Spool {
             items: Arc::new(AtomicU64::new(items)),
             healthy: Arc::new(AtomicBool::new(true)),
             full: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         metrics::spool_items(items);
         let writer = Writer {
@@ -158,6 +159,7 @@ impl Spool {
             bytes: spool.bytes.clone(),
             items: spool.items.clone(),
             healthy: spool.healthy.clone(),
+            wake: spool.wake.clone(),
         };
         std::thread::Builder::new()
             .name("triage-spool".into())
@@ -177,10 +179,8 @@ impl Spool {
             .send(Command::Append(record, done))
             .map_err(|_| SpoolError::Closed)?;
         let result = wait.await.map_err(|_| SpoolError::Closed)?;
-        match &result {
-            Ok(()) => self.wake.notify_one(),
-            Err(SpoolError::Full(_)) => self.full.store(true, Ordering::Relaxed),
-            Err(_) => {}
+        if let Err(SpoolError::Full(_)) = &result {
+            self.full.store(true, Ordering::Relaxed);
         }
         result
     }
@@ -228,6 +228,7 @@ struct Writer {
     bytes: Arc<AtomicU64>,
     items: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -284,6 +285,9 @@ impl Writer {
                 self.bytes.fetch_add(len, Ordering::Relaxed);
                 let items = self.items.fetch_add(n, Ordering::Relaxed) + n;
                 metrics::spool_items(items);
+                // Here rather than in `append`: an item whose request went away while it
+                // was written is in the spool all the same.
+                self.wake.notify_one();
                 for done in accepted {
                     let _ = done.send(Ok(()));
                 }
@@ -336,7 +340,13 @@ pub fn start_replay(spool: Arc<Spool>, publisher: Arc<Publisher>) {
         // duplicates forever). A restart starts each segment over: at-least-once.
         let mut confirmed: HashMap<PathBuf, usize> = HashMap::new();
         loop {
-            if spool.items() == 0 || !publisher.is_connected() {
+            if spool.items() == 0 {
+                // Only the writer changes that, and it wakes us (`notify_one` keeps the wake
+                // for us if we are not waiting yet): no timer ticking while all is well.
+                spool.wake.notified().await;
+                continue;
+            }
+            if !publisher.is_connected() {
                 tokio::select! {
                     () = spool.wake.notified() => {}
                     () = tokio::time::sleep(Duration::from_millis(250)) => {}
