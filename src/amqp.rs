@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -191,6 +192,9 @@ pub fn start(config: AmqpConfig) -> Arc<Publisher> {
     publisher
 }
 
+/// How often a connected review path checks its link without being told of a problem.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
 async fn supervise(publisher: Arc<Publisher>, config: AmqpConfig) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -202,10 +206,16 @@ async fn supervise(publisher: Arc<Publisher>, config: AmqpConfig) {
                 backoff = MIN_BACKOFF;
                 let link = Arc::new(link);
                 publisher.link.store(Some(link.clone()));
+                // lapin marks the connection failed before it reports the error, so each
+                // event is a reason to look again. A failed publish wakes us too, and a
+                // slow look covers whatever neither reports (a closed channel).
+                let mut events = link.connection.events_listener();
+                let mut listening = true;
                 while link.healthy() {
                     tokio::select! {
                         () = publisher.broken.notified() => {}
-                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        event = events.next(), if listening => listening = event.is_some(),
+                        () = tokio::time::sleep(HEALTH_CHECK) => {}
                     }
                 }
                 publisher.link.store(None);

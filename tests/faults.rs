@@ -140,6 +140,33 @@ async fn a_broker_cut_during_holds_loses_nothing() {
     );
 }
 
+/// Poll `/readyz` until the review path's broker flag reads `want`.
+async fn broker_flag_becomes(t: &Triage, want: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, v) = t.readyz().await;
+        if v["review_path"]["broker"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "broker still not {want}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_triage_notices_the_broker_go_and_come_back() {
+    let relay = Relay::start("127.0.0.1:5672").await;
+    let up = low_confidence_upstream().await;
+    let t = through_relay(&relay, &up, &[]).await;
+    // No request, so no publish: the supervisor must notice on its own.
+    relay.set(CUT);
+    broker_flag_becomes(&t, false, Duration::from_secs(5)).await;
+    relay.set(PASS);
+    broker_flag_becomes(&t, true, Duration::from_secs(20)).await;
+    let r = t.post_empty(&client()).await;
+    assert_eq!(r.status(), 202, "a hold goes to the broker again");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blackholed_broker_never_makes_a_request_wait_past_the_publish_timeout() {
     let (t, ids, slowest) = holds_through_a_fault(BLACKHOLE, Duration::from_secs(4)).await;
