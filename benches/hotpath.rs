@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the pure hot-path pieces: task matching and variant choice,
 //! the probe + confidence extractors (against a full `serde_json::Value` parse of the same
-//! body as the baseline), the streamed-body probe, and the decision.
+//! body as the baseline), the streamed-body probe, the decision, and the version pin of a
+//! request (against parsing the request into a `Value` and writing it out again).
 //!
 //! `cargo bench --bench hotpath` (a few minutes; the measurement times are kept short).
 //! Bodies are generated deterministically (fixed seed), so runs are comparable.
@@ -478,6 +479,76 @@ fn bench_stream(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Version pin
+// ---------------------------------------------------------------------------------------
+
+const PIN_RULES: &str = r#"
+version: 1
+upstreams: { llm: { url: "http://127.0.0.1:1" } }
+tasks:
+  - name: chat
+    upstream: llm
+    model: { request_field: /model, aliases: [gpt-4o] }
+    confidence: { source: openai_logprobs, request_logprobs: true }
+    threshold: 0.8
+    rollout:
+      variants:
+        - { name: stable, version: gpt-4o-2024-08-06, weight: 100 }
+"#;
+
+/// A chat request of about `target` bytes: a system prompt and user turns of prose,
+/// naming the `gpt-4o` alias.
+fn chat_request(target: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let words = [
+        "the",
+        "model",
+        "answer",
+        "review",
+        "queue",
+        "confidence",
+        "token",
+        "sidecar",
+    ];
+    let mut messages = vec![serde_json::json!({"role": "system", "content": "You are terse."})];
+    while serde_json::to_vec(&messages).unwrap().len() < target {
+        let text: Vec<&str> = (0..40).map(|_| words[rng.usize(..words.len())]).collect();
+        messages.push(serde_json::json!({"role": "user", "content": text.join(" ")}));
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": messages,
+        "temperature": 0.2,
+        "max_tokens": 256,
+    }))
+    .unwrap()
+}
+
+fn bench_pin(c: &mut Criterion) {
+    let rs = rules(PIN_RULES);
+    let task = task(&rs, "chat");
+    let mut g = c.benchmark_group("pin_request");
+    for (target, label) in SIZES {
+        let body = bytes::Bytes::from(chat_request(target));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::new("splice", label), &body, |b, body| {
+            b.iter(|| triage::upstream::pin_request(task, 0, black_box(body.clone())).unwrap())
+        });
+        g.bench_with_input(
+            BenchmarkId::new("value_baseline", label),
+            &body,
+            |b, body| {
+                b.iter(|| {
+                    let doc: serde_json::Value = serde_json::from_slice(black_box(body)).unwrap();
+                    serde_json::to_vec(&doc).unwrap()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
 // Decision
 // ---------------------------------------------------------------------------------------
 
@@ -504,6 +575,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hotpath;
     config = config();
-    targets = bench_route, bench_extract, bench_stream, bench_decide
+    targets = bench_route, bench_extract, bench_stream, bench_decide, bench_pin
 }
 criterion_main!(hotpath);

@@ -290,6 +290,76 @@ pub fn is_json(body: &[u8]) -> bool {
     Probe::default().run(body).is_ok() && std::str::from_utf8(body).is_ok()
 }
 
+/// Where some members of a JSON object sit, for an edit that leaves every other byte as it
+/// came (see [`members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    /// Just past the object's `{`: where a new member can go.
+    pub open: usize,
+    /// The object has no member at all.
+    pub empty: bool,
+    /// Per wanted key, the bytes of its value, when the object has the key.
+    pub values: Vec<Option<std::ops::Range<usize>>>,
+    /// A wanted key came twice, or spelled with escapes: parsers differ on which of two
+    /// members counts, so an edit of one of them is not safe.
+    pub ambiguous: bool,
+}
+
+/// Check `body` as [`Probe::run`] does and find the members named `keys` of its top-level
+/// object. `Ok(None)`: JSON, but not an object.
+pub fn members(body: &[u8], keys: &[&str]) -> Result<Option<Members>, NotJson> {
+    let mut scan = Scan {
+        b: body,
+        i: 0,
+        depth: 0,
+        out: &mut [],
+        shape: Shape::default(),
+    };
+    scan.ws();
+    if scan.peek() != Some(b'{') {
+        scan.skip()?;
+        scan.ws();
+        return if scan.i == body.len() {
+            Ok(None)
+        } else {
+            Err(NotJson)
+        };
+    }
+    let mut found = Members {
+        open: scan.i + 1,
+        empty: scan.open(b'}')?,
+        values: vec![None; keys.len()],
+        ambiguous: false,
+    };
+    if !found.empty {
+        loop {
+            if scan.peek() != Some(b'"') {
+                return Err(NotJson);
+            }
+            let key = scan.string()?;
+            let name = text(body, &key)?;
+            let wanted = keys.iter().position(|k| *k == name);
+            scan.ws();
+            scan.eat(b':')?;
+            scan.ws();
+            let start = scan.i;
+            scan.skip()?;
+            if let Some(k) = wanted {
+                found.ambiguous |= key.escaped || found.values[k].is_some();
+                found.values[k] = Some(start..scan.i);
+            }
+            if !scan.more(b'}')? {
+                break;
+            }
+        }
+    }
+    scan.ws();
+    if scan.i != body.len() {
+        return Err(NotJson);
+    }
+    Ok(Some(found))
+}
+
 /// Nesting deeper than this is refused, as serde_json refuses it: a body cannot make the
 /// scanner recurse without bound.
 const MAX_DEPTH: u32 = 127;

@@ -16,6 +16,7 @@ use serde_json::Value;
 mod pool;
 
 use crate::error::ProxyError;
+use crate::probe;
 use crate::rules::{Task, Upstream};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -207,39 +208,225 @@ fn pin(task: &Task, chosen: usize, body: Bytes, force: bool) -> Result<Pinned, P
             overridden: false,
         });
     }
+    if let Some(pinned) = splice(task, chosen, &body, force)? {
+        return Ok(pinned);
+    }
+    pin_by_value(task, chosen, &body, force)
+}
+
+/// Which variant serves a request that names `requested` (absent or null: `None`), and
+/// whether its model field is to be set to that variant's version.
+#[derive(Debug)]
+struct Choice {
+    variant: usize,
+    overridden: bool,
+    rewrite: bool,
+}
+
+fn choose(
+    task: &Task,
+    chosen: usize,
+    requested: Option<&str>,
+    force: bool,
+) -> Result<Choice, ProxyError> {
+    let variants = &task.rollout.variants;
+    let mut choice = Choice {
+        variant: chosen,
+        overridden: false,
+        rewrite: false,
+    };
+    choice.rewrite = match requested {
+        None => true,
+        Some(name) if task.model.aliases.iter().any(|a| a == name) => true,
+        // A shadow's version is not servable: only live variants can be named.
+        Some(name) => match variants
+            .iter()
+            .position(|v| v.shadow.is_none() && v.version.as_deref() == Some(name))
+        {
+            Some(_) if force => true,
+            Some(i) => {
+                choice.overridden = i != chosen;
+                choice.variant = i;
+                false
+            }
+            None if variants.iter().all(|v| v.version.is_none()) => false,
+            None => return Err(ProxyError::ModelVersionNotAllowed(name.to_owned())),
+        },
+    };
+    Ok(choice)
+}
+
+/// The common case, edited in place: a top-level model field and `logprobs` are found by
+/// one checked walk of the body, and only their values change; every other byte goes
+/// upstream as the client sent it, and a body that needs no edit is not copied. `None`
+/// leaves the request to [`pin_by_value`]: a nested model field, a body that is not JSON
+/// or not UTF-8 (for its error), a model that is neither a plain string nor null, or a
+/// key given twice or with escapes.
+fn splice(
+    task: &Task,
+    chosen: usize,
+    body: &Bytes,
+    force: bool,
+) -> Result<Option<Pinned>, ProxyError> {
+    const LOGPROBS: &str = "logprobs";
+    let key = match task.model.request_field.as_deref() {
+        None => None,
+        Some(field) => match field.strip_prefix('/') {
+            Some(key) if !key.contains(['/', '~']) && key != LOGPROBS => Some(key),
+            _ => return Ok(None),
+        },
+    };
+    let keys = match key {
+        Some(key) => [key, LOGPROBS],
+        None => [LOGPROBS, LOGPROBS],
+    };
+    let logprobs_at = usize::from(key.is_some());
+    let Ok(found) = probe::members(body, &keys[..=logprobs_at]) else {
+        return Ok(None);
+    };
+    let Some(found) = found else {
+        return Err(ProxyError::InvalidJson("expected a JSON object".into()));
+    };
+    if found.ambiguous || std::str::from_utf8(body).is_err() {
+        return Ok(None);
+    }
+    let value = |range: &std::ops::Range<usize>| body.get(range.clone()).unwrap_or_default();
+
+    // Values to replace, and new members (they go first in the object).
+    let mut replace: Vec<(std::ops::Range<usize>, &[u8])> = Vec::new();
+    let mut insert: Vec<Vec<u8>> = Vec::new();
+    let quoted;
+    let mut choice = Choice {
+        variant: chosen,
+        overridden: false,
+        rewrite: false,
+    };
+    if let Some(key) = key {
+        let current = found.values.first().and_then(Option::as_ref);
+        let requested = match current.map(value) {
+            None | Some(b"null") => None,
+            // Checked UTF-8 above, and no escape to decode.
+            Some([b'"', name @ .., b'"']) if !name.contains(&b'\\') => {
+                Some(std::str::from_utf8(name).unwrap_or_default())
+            }
+            Some(_) => return Ok(None),
+        };
+        choice = choose(task, chosen, requested, force)?;
+        let version = task
+            .rollout
+            .variants
+            .get(choice.variant)
+            .and_then(|v| v.version.as_deref());
+        if choice.rewrite
+            && let Some(version) = version
+        {
+            quoted = json_string(version);
+            match current {
+                Some(range) => replace.push((range.clone(), &quoted)),
+                None => {
+                    let mut member = json_string(key);
+                    member.push(b':');
+                    member.extend_from_slice(&quoted);
+                    insert.push(member);
+                }
+            }
+        }
+    }
+    if task.request_logprobs {
+        match found.values.get(logprobs_at).and_then(Option::as_ref) {
+            Some(range) if value(range) == b"true" => {}
+            Some(range) => replace.push((range.clone(), b"true")),
+            None => insert.push(b"\"logprobs\":true".to_vec()),
+        }
+    }
+    if replace.is_empty() && insert.is_empty() {
+        return Ok(Some(Pinned {
+            body: body.clone(),
+            variant: choice.variant,
+            overridden: choice.overridden,
+        }));
+    }
+    replace.sort_by_key(|(range, _)| range.start);
+    let extra: usize = insert.iter().map(|m| m.len() + 1).sum::<usize>()
+        + replace.iter().map(|(_, v)| v.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    out.extend_from_slice(body.get(..found.open).unwrap_or_default());
+    for (k, member) in insert.iter().enumerate() {
+        out.extend_from_slice(member);
+        if k + 1 < insert.len() || !found.empty {
+            out.push(b',');
+        }
+    }
+    let mut at = found.open;
+    for (range, new) in &replace {
+        out.extend_from_slice(body.get(at..range.start).unwrap_or_default());
+        out.extend_from_slice(new);
+        at = range.end;
+    }
+    out.extend_from_slice(body.get(at..).unwrap_or_default());
+    Ok(Some(Pinned {
+        body: out.into(),
+        variant: choice.variant,
+        overridden: choice.overridden,
+    }))
+}
+
+/// `s` as a JSON string, quotes and escapes included.
+fn json_string(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    // Writing a `&str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut out, s);
+    out
+}
+
+/// Pin by parsing the whole body into a `serde_json::Value` and writing it out again:
+/// what [`splice`] leaves, and the reference it is tested against.
+fn pin_by_value(
+    task: &Task,
+    chosen: usize,
+    body: &[u8],
+    force: bool,
+) -> Result<Pinned, ProxyError> {
+    let (doc, choice) = pinned_value(task, chosen, body, force)?;
+    let body = serde_json::to_vec(&doc).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+    Ok(Pinned {
+        body: body.into(),
+        variant: choice.variant,
+        overridden: choice.overridden,
+    })
+}
+
+fn pinned_value(
+    task: &Task,
+    chosen: usize,
+    body: &[u8],
+    force: bool,
+) -> Result<(Value, Choice), ProxyError> {
+    let field = task.model.request_field.as_deref();
     let mut doc: Value =
-        serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
     if !doc.is_object() {
         return Err(ProxyError::InvalidJson("expected a JSON object".into()));
     }
-    let mut variant = chosen;
-    let mut overridden = false;
+    let mut choice = Choice {
+        variant: chosen,
+        overridden: false,
+        rewrite: false,
+    };
     if let Some(field) = field {
-        let variants = &task.rollout.variants;
         let requested = match doc.pointer(field) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(other) => return Err(ProxyError::ModelVersionNotAllowed(other.to_string())),
         };
-        let rewrite = match requested {
-            None => true,
-            Some(name) if task.model.aliases.iter().any(|a| a == name) => true,
-            // A shadow's version is not servable: only live variants can be named.
-            Some(name) => match variants
-                .iter()
-                .position(|v| v.shadow.is_none() && v.version.as_deref() == Some(name))
-            {
-                Some(_) if force => true,
-                Some(i) => {
-                    overridden = i != chosen;
-                    variant = i;
-                    false
-                }
-                None if variants.iter().all(|v| v.version.is_none()) => false,
-                None => return Err(ProxyError::ModelVersionNotAllowed(name.to_owned())),
-            },
-        };
-        if rewrite && let Some(version) = variants.get(variant).and_then(|v| v.version.as_deref()) {
+        choice = choose(task, chosen, requested, force)?;
+        if choice.rewrite
+            && let Some(version) = task
+                .rollout
+                .variants
+                .get(choice.variant)
+                .and_then(|v| v.version.as_deref())
+        {
             set_pointer(&mut doc, field, Value::String(version.to_owned()))?;
         }
     }
@@ -248,12 +435,7 @@ fn pin(task: &Task, chosen: usize, body: Bytes, force: bool) -> Result<Pinned, P
     {
         obj.insert("logprobs".into(), Value::Bool(true));
     }
-    let body = serde_json::to_vec(&doc).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
-    Ok(Pinned {
-        body: body.into(),
-        variant,
-        overridden,
-    })
+    Ok((doc, choice))
 }
 
 fn set_pointer(doc: &mut Value, pointer: &str, value: Value) -> Result<(), ProxyError> {
@@ -306,6 +488,183 @@ mod tests {
         let before = headers.clone();
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers, before);
+    }
+
+    fn pinning_rules() -> crate::rules::RuleSet {
+        let yaml = r#"
+version: 1
+upstreams: { llm: { url: "http://model:8000" } }
+tasks:
+  - name: chat
+    match: { path_prefix: /chat }
+    upstream: llm
+    model: { request_field: /model, aliases: [gpt-4o, latest] }
+    confidence: { source: openai_logprobs, request_logprobs: true }
+    threshold: 0.5
+    rollout:
+      variants:
+        - { name: stable, version: v-a, weight: 50 }
+        - { name: canary, version: "v\"b", weight: 50 }
+  - name: plain
+    match: { path_prefix: /plain }
+    upstream: llm
+    model: { request_field: /model, aliases: [gpt-4o] }
+    confidence: { source: openai_logprobs }
+    threshold: 0.5
+    rollout:
+      variants:
+        - { name: stable, version: v-a, weight: 100 }
+  - name: logprobs-only
+    match: { path_prefix: /lp }
+    upstream: llm
+    confidence: { source: openai_logprobs, request_logprobs: true }
+    threshold: 0.5
+"#;
+        crate::rules::compile::compile(
+            &[crate::rules::compile::SourceFile {
+                name: "pin.yaml".into(),
+                text: yaml.into(),
+            }],
+            None,
+        )
+        .unwrap()
+    }
+
+    /// What the splice made of `body`, checked against the whole-`Value` path: the same
+    /// variant, the same document, the same refusal. `None` when the splice stood aside.
+    fn spliced(task: &Task, chosen: usize, body: &[u8], force: bool) -> Option<Vec<u8>> {
+        // The document, not its bytes: serde_json's default parse is not exact for every
+        // float, so writing it out and reading it again may move a digit (the splice does
+        // not write numbers at all).
+        let by_value = pinned_value(task, chosen, body, force);
+        match (
+            splice(task, chosen, &Bytes::copy_from_slice(body), force),
+            by_value,
+        ) {
+            (Ok(None), _) => None,
+            (Ok(Some(p)), Ok(q)) => {
+                let doc = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+                assert_eq!(doc(&p.body), q.0, "{}", String::from_utf8_lossy(body));
+                assert_eq!((p.variant, p.overridden), (q.1.variant, q.1.overridden));
+                Some(p.body.to_vec())
+            }
+            (Err(e), Err(f)) => {
+                assert_eq!(e.code(), f.code(), "{e} / {f}");
+                None
+            }
+            (p, q) => panic!(
+                "{}: splice {p:?}, by value {q:?}",
+                String::from_utf8_lossy(body)
+            ),
+        }
+    }
+
+    #[test]
+    fn the_model_field_and_logprobs_are_edited_in_place() {
+        let rules = pinning_rules();
+        let [chat, plain, lp] = [0, 1, 2].map(|i| &rules.tasks[i]);
+        let edit = |task, chosen, body: &str| {
+            let out = spliced(task, chosen, body.as_bytes(), false).expect(body);
+            String::from_utf8(out).unwrap()
+        };
+        // An alias becomes the chosen variant's version; nothing else moves, not even
+        // the spacing or a number serde_json would print another way.
+        assert_eq!(
+            edit(
+                plain,
+                0,
+                r#"{ "model" : "gpt-4o" , "n": 1.0e2, "x": [1,2] }"#
+            ),
+            r#"{ "model" : "v-a" , "n": 1.0e2, "x": [1,2] }"#
+        );
+        assert_eq!(
+            edit(plain, 0, r#"{"n":1,"model":null}"#),
+            r#"{"n":1,"model":"v-a"}"#
+        );
+        assert_eq!(edit(plain, 0, r#"{"n":1}"#), r#"{"model":"v-a","n":1}"#);
+        assert_eq!(edit(plain, 0, "{ }"), r#"{"model":"v-a" }"#);
+        // Already pinned, nothing to request: the body goes as it came.
+        assert_eq!(edit(plain, 0, r#"{"model":"v-a"}"#), r#"{"model":"v-a"}"#);
+        // The version is written as a JSON string; logprobs set or added.
+        assert_eq!(
+            edit(chat, 1, r#"{"logprobs":false,"messages":[]}"#),
+            r#"{"model":"v\"b","logprobs":true,"messages":[]}"#
+        );
+        assert_eq!(edit(chat, 0, "{}"), r#"{"model":"v-a","logprobs":true}"#);
+        assert_eq!(edit(lp, 0, r#"{"logprobs":true}"#), r#"{"logprobs":true}"#);
+        assert_eq!(
+            edit(lp, 0, r#"{"a":{"logprobs":1}}"#),
+            r#"{"logprobs":true,"a":{"logprobs":1}}"#
+        );
+        // A pinned version the client names itself moves the request to its variant.
+        let p = splice(chat, 1, &Bytes::from_static(br#"{"model":"v-a"}"#), false);
+        let p = p.unwrap().unwrap();
+        assert_eq!((p.variant, p.overridden), (0, true));
+
+        // Left to the whole-document path: a key given twice or with escapes, a model that
+        // is not a plain string, not JSON, not UTF-8.
+        for body in [
+            &br#"{"model":"a","model":"gpt-4o"}"#[..],
+            br#"{"mod\u0065l":"gpt-4o"}"#,
+            br#"{"model":"gpt\u002d4o"}"#,
+            br#"{"model":5}"#,
+            br#"{"model":"#,
+            b"{\"model\":\"\xff\"}",
+        ] {
+            assert!(
+                spliced(plain, 0, body, false).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Refused as the whole-document path refuses: an unknown version, not an object.
+        for body in [r#"{"model":"v-z"}"#, "[1]"] {
+            assert!(
+                splice(plain, 0, &Bytes::from(body), false).is_err(),
+                "{body}"
+            );
+            assert!(spliced(plain, 0, body.as_bytes(), false).is_none());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+        #[test]
+        fn a_splice_means_what_the_whole_document_path_means(
+            doc in crate::probe::testing::json(),
+            model in 0usize..9,
+            logprobs in 0usize..5,
+            task in 0usize..3,
+            chosen in 0usize..2,
+            force: bool,
+            pretty: bool,
+        ) {
+            let rules = pinning_rules();
+            let task = &rules.tasks[task];
+            let chosen = chosen.min(task.rollout.variants.len() - 1);
+            let mut doc = match doc {
+                Value::Object(map) => map,
+                other => {
+                    let mut map = serde_json::Map::new();
+                    map.insert("x".into(), other);
+                    map
+                }
+            };
+            let models = [None, Some(Value::Null), Some("gpt-4o".into()), Some("latest".into()),
+                Some("v-a".into()), Some("v\"b".into()), Some("v-z".into()), Some(5.into()), Some(true.into())];
+            doc.remove("model");
+            if let Some(m) = models[model].clone() {
+                doc.insert("model".into(), m);
+            }
+            let flags = [None, Some(true.into()), Some(false.into()), Some(Value::Null), Some(1.into())];
+            doc.remove("logprobs");
+            if let Some(f) = flags[logprobs].clone() {
+                doc.insert("logprobs".into(), f);
+            }
+            let doc = Value::Object(doc);
+            let body = if pretty { serde_json::to_vec_pretty(&doc) } else { serde_json::to_vec(&doc) };
+            spliced(task, chosen, &body.unwrap(), force);
+        }
     }
 
     #[test]
