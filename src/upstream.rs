@@ -552,6 +552,15 @@ tasks:
                 assert_eq!(e.code(), f.code(), "{e} / {f}");
                 None
             }
+            // JSON by its grammar that a `Value` cannot hold (a number past a double's range,
+            // a `\\u` escape of half a surrogate pair): the splice forwards it as sent.
+            (Ok(Some(p)), Err(f))
+                if ["number out of range", "surrogate", "hex escape"]
+                    .iter()
+                    .any(|m| f.to_string().contains(m)) =>
+            {
+                Some(p.body.to_vec())
+            }
             (p, q) => panic!(
                 "{}: splice {p:?}, by value {q:?}",
                 String::from_utf8_lossy(body)
@@ -664,6 +673,37 @@ tasks:
             let doc = Value::Object(doc);
             let body = if pretty { serde_json::to_vec_pretty(&doc) } else { serde_json::to_vec(&doc) };
             spliced(task, chosen, &body.unwrap(), force);
+        }
+
+        /// Damaged bodies: whatever the splice makes of one, the whole-document path agrees
+        /// (`spliced` panics when one refuses what the other takes).
+        #[test]
+        fn a_damaged_body_is_refused_or_taken_by_both_paths_alike(
+            doc in crate::probe::testing::json(),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::sample::select(&b"\"\\{}[],:0-9eE.+u \x7f\xff\xc3\xa9\x00\n"[..]),
+            how in 0usize..3,
+            task in 0usize..3,
+        ) {
+            let rules = pinning_rules();
+            let task = &rules.tasks[task];
+            let mut body = serde_json::to_vec(&serde_json::json!({"model": "gpt-4o", "x": doc})).unwrap();
+            let i = at.index(body.len());
+            match how {
+                0 => body[i] = byte,
+                1 => body.insert(i, byte),
+                _ => { body.remove(i); }
+            }
+            spliced(task, 0, &body, false);
+        }
+
+        #[test]
+        fn escapes_in_skipped_strings_are_refused_or_taken_by_both_paths_alike(
+            escape in "\\\\u[dD][89aAbBcCdDeEfF][0-9a-fA-F]{2}(\\\\u[0-9a-fA-F]{4})?",
+        ) {
+            let rules = pinning_rules();
+            let body = format!(r#"{{"model":"gpt-4o","x":"{escape}"}}"#);
+            spliced(&rules.tasks[1], 0, body.as_bytes(), false);
         }
     }
 
