@@ -151,10 +151,17 @@ impl UpstreamClient {
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
         headers.insert(header::HOST, upstream.host.clone());
-        headers.insert(
-            header::CONTENT_LENGTH,
-            header::HeaderValue::from(body.len()),
-        );
+        // Most bodies go as they came, under the length that framed them: keep it.
+        let framed = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if framed != Some(body.len()) {
+            headers.insert(
+                header::CONTENT_LENGTH,
+                header::HeaderValue::from(body.len()),
+            );
+        }
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = parts.method.clone();
         // Origin form: the request line carries the path, `host` the authority.
@@ -728,6 +735,19 @@ tasks:
         assert_eq!(req.uri(), "/v1/chat?x=1");
         assert_eq!(req.headers()["host"], "model:8000");
         assert_eq!(req.headers()["content-length"], "2");
+        // A body that changed length gets its own; one that did not keeps the client's.
+        let (framed, ()) = Request::post("http://sidecar/v1/chat")
+            .header("content-length", "5")
+            .body(())
+            .unwrap()
+            .into_parts();
+        for (body, length) in [(&b"{}"[..], "2"), (b"{\"a\"}", "5")] {
+            let req = client
+                .build(&upstream(""), &framed, Bytes::from_static(body))
+                .unwrap();
+            assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
+            assert_eq!(req.headers()["content-length"], length);
+        }
         let req = client
             .build(&upstream("/base"), &parts, Bytes::new())
             .unwrap();
