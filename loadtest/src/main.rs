@@ -58,8 +58,9 @@
 //!   10 ms is a stall); p50/p99 at 1k and 5k req/s (open loop) and the latency added over
 //!   direct in the same round; CPU per request of the proxy process tree (utime+stime from
 //!   /proc/PID/stat, at saturation and at 5k req/s); confirmed holds/s. Per proxy process:
-//!   idle RSS, peak RSS (VmHWM), RSS with 1,000 open idle client connections (each sent one
-//!   request). Correctness: every 202's review id must be in the review queue (drained after
+//!   idle RSS, idle wake-ups (context switches a second of all its threads over 3 s before
+//!   any traffic), peak RSS (VmHWM), RSS with 1,000 open idle client connections (each sent
+//!   one request). Correctness: every 202's review id must be in the review queue (drained after
 //!   each round; missing must be 0). A fixed-rate p50 over 10 ms is flagged as a stall, or
 //!   as overload when the target cannot sustain that rate. Writes the Markdown table
 //!   (medians over rounds, ratios triage/nginx, the floor against nginx and triage against

@@ -147,6 +147,27 @@ pub fn tree_cpu_ticks(pid: u32) -> u64 {
     tree(pid).into_iter().map(cpu_ticks).sum()
 }
 
+/// Context switches (voluntary and not) of every thread of the process tree so far: how
+/// often its threads went to sleep and were woken, the cost of a process that idles.
+pub fn tree_switches(pid: u32) -> u64 {
+    tree(pid)
+        .into_iter()
+        .flat_map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        })
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// A `/proc/PID/status` field in kB (`VmRSS:`, `VmHWM:`).
 pub fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -70,6 +70,8 @@ pub struct PhaseNums {
 pub struct ProcResult {
     pub name: String,
     pub idle_mb: f64,
+    /// Context switches a second of all the process's threads while idle.
+    pub idle_wakeups: f64,
     pub peak_mb: f64,
     pub conns_mb: f64,
     pub conns_ok: usize,
@@ -345,7 +347,7 @@ impl Report {
         // Table 2: per process.
         let _ = writeln!(
             o,
-            "\n| process | idle RSS MB | peak RSS (VmHWM) MB | RSS with {} idle conns MB | 202 answers | review ids in queue | missing | extra |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "\n| process | idle RSS MB | idle wake-ups/s | peak RSS (VmHWM) MB | RSS with {} idle conns MB | 202 answers | review ids in queue | missing | extra |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             self.idle_conns
         );
         for p in &self.procs {
@@ -370,10 +372,11 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.name,
                 if p.alive { "" } else { " (died)" },
                 f(p.idle_mb, 1),
+                f(p.idle_wakeups, 1),
                 f(p.peak_mb, 1),
                 conns,
                 q(p.ids_202),

@@ -103,6 +103,9 @@ pub fn main(mut a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// How long the idle wake-ups are counted, every process at once, before any traffic.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+
 /// One proxy process (or the mock) whose CPU and memory we read.
 pub(crate) struct Server {
     name: &'static str,
@@ -111,6 +114,8 @@ pub(crate) struct Server {
     /// triage: the queue names (review exchange/queue, verdict exchange/queue).
     pub(crate) queues: Option<[String; 4]>,
     idle_mb: f64,
+    /// Context switches per second of all its threads while idle, before any traffic.
+    idle_wakeups: f64,
     /// Review ids answered 202 through this process / found in its queue.
     ids_202: HashSet<String>,
     ids_queue: HashSet<String>,
@@ -280,6 +285,16 @@ async fn measure_all(
     for s in servers.iter_mut() {
         s.idle_mb = procs::tree_mb(s.proc.pid, "VmRSS:");
     }
+    // Idle wake-ups: every process at once, over the same seconds.
+    let before: Vec<u64> = servers
+        .iter()
+        .map(|s| procs::tree_switches(s.proc.pid))
+        .collect();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    for (s, before) in servers.iter_mut().zip(before) {
+        let woke = procs::tree_switches(s.proc.pid).saturating_sub(before);
+        s.idle_wakeups = woke as f64 / IDLE_WINDOW.as_secs_f64();
+    }
 
     // The targets, in round order: per size direct, nginx, triage-pass; then the holds.
     let mut tgts = Vec::new();
@@ -379,6 +394,7 @@ async fn measure_all(
         procs_out.push(ProcResult {
             name: s.name.to_string(),
             idle_mb: s.idle_mb,
+            idle_wakeups: s.idle_wakeups,
             peak_mb: procs::tree_mb(s.proc.pid, "VmHWM:"),
             conns_mb: f64::NAN,
             conns_ok: 0,
@@ -458,6 +474,7 @@ impl Server {
             data,
             queues,
             idle_mb: 0.0,
+            idle_wakeups: 0.0,
             ids_202: HashSet::new(),
             ids_queue: HashSet::new(),
         }
