@@ -244,3 +244,24 @@ write("spool_records", "torn-payload", two + one[:-3])
 write("spool_records", "bad-crc", one[:4] + b"\0\0\0\0" + one[8:] + one)
 write("spool_records", "huge-length", struct.pack("<II", 0xFFFFFFFF, 0) + b"abc")
 write("spool_records", "zeros", b"\0" * 24)
+
+# ---------------------------------------------------------------- request_pin
+# The first byte picks the rollout's variant (its low bit); the rest is the request body.
+for name, body in {
+    "alias": '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
+    "pinned": '{"model":"v-a","logprobs":false,"temperature":0.2}',
+    "override": '{"model":"v\\"b","messages":[]}',
+    "missing": '{"messages":[{"role":"user","content":"caf\u00e9 \\u00e9"}],"n":1.0e2}',
+    "null": '{ "model" : null , "logprobs" : 1 }',
+    "empty": '{}',
+    "duplicate": '{"model":"x","model":"latest"}',
+    "escaped-key": '{"mod\\u0065l":"gpt-4o"}',
+    "unknown": '{"model":"v-z"}',
+    "number": '{"model":5}',
+    "nested": '{"a":{"model":"gpt-4o","logprobs":true},"b":[{"model":1}]}',
+    "big-number": '{"model":"gpt-4o","x":1e999}',
+    "surrogate": '{"model":"gpt-4o","x":"\\ud800"}',
+    "array": '[{"model":"gpt-4o"}]',
+}.items():
+    for chosen in (0, 1):
+        write("request_pin", f"{name}-{chosen}", bytes([chosen]) + body.encode())

@@ -23,7 +23,7 @@ cd "$(dirname "$0")/../fuzz"
 # cargo-fuzz needs nightly-only flags (-Zsanitizer); RUSTC_BOOTSTRAP lets stable pass them.
 export RUSTC_BOOTSTRAP=1
 
-ALL=(rules_compile probe_extract header_extract confidence_math pointer_parse spool_records)
+ALL=(rules_compile probe_extract request_pin header_extract confidence_math pointer_parse spool_records)
 replay=0
 if [[ "${1:-}" == "--replay" ]]; then
     replay=1
