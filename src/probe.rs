@@ -344,9 +344,9 @@ pub fn members(body: &[u8], keys: &[&str]) -> Result<Option<Members>, NotJson> {
             scan.ws();
             let start = scan.i;
             scan.skip()?;
-            if let Some(k) = wanted {
-                found.ambiguous |= key.escaped || found.values[k].is_some();
-                found.values[k] = Some(start..scan.i);
+            if let Some(value) = wanted.and_then(|k| found.values.get_mut(k)) {
+                found.ambiguous |= key.escaped || value.is_some();
+                *value = Some(start..scan.i);
             }
             if !scan.more(b'}')? {
                 break;

@@ -151,11 +151,13 @@ impl UpstreamClient {
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
         headers.insert(header::HOST, upstream.host.clone());
-        // Most bodies go as they came, under the length that framed them: keep it.
-        let framed = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
+        // Most bodies go as they came, under the length that framed them: keep it (when
+        // it came once; a repeated one is replaced by one).
+        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+        let framed = match (lengths.next(), lengths.next()) {
+            (Some(v), None) => v.to_str().ok().and_then(|v| v.parse::<usize>().ok()),
+            _ => None,
+        };
         if framed != Some(body.len()) {
             headers.insert(
                 header::CONTENT_LENGTH,
@@ -748,6 +750,16 @@ tasks:
             assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
             assert_eq!(req.headers()["content-length"], length);
         }
+        let (twice, ()) = Request::post("http://sidecar/v1/chat")
+            .header("content-length", "5")
+            .header("content-length", "5")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let req = client
+            .build(&upstream(""), &twice, Bytes::from_static(b"{\"a\"}"))
+            .unwrap();
+        assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
         let req = client
             .build(&upstream("/base"), &parts, Bytes::new())
             .unwrap();
