@@ -73,6 +73,14 @@ async fn eventually(t: &Triage, want: (u16, &str, &str), within: Duration) {
     }
 }
 
+/// Triage on rules with variant `one` at threshold 0.5, reloaded by the watcher alone (no
+/// poll).
+async fn watched(up: &Upstream, extra: &[&str]) -> Triage {
+    let mut args = vec!["--rules-poll-interval-ms", "0"];
+    args.extend_from_slice(extra);
+    Triage::start_with(&rules(&up.url(), "one", 0.5, false), &args, &[]).await
+}
+
 async fn admin_rules(t: &Triage) -> serde_json::Value {
     reqwest::get(format!("{}/admin/rules", t.admin))
         .await
@@ -147,12 +155,7 @@ async fn a_kubelet_configmap_swap_is_picked_up_without_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_editor_that_writes_a_temp_file_and_renames_it_is_picked_up() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.6}))).await;
-    let t = Triage::start_with(
-        &rules(&up.url(), "one", 0.5, false),
-        &["--rules-poll-interval-ms", "0"],
-        &[],
-    )
-    .await;
+    let t = watched(&up, &[]).await;
     assert_eq!(decision(&t).await, (200, "pass".into(), "one".into()));
     let tmp = t.dir.path().join(".rules.yaml.swp");
     std::fs::write(&tmp, rules(&up.url(), "two", 0.7, false)).unwrap();
@@ -193,12 +196,7 @@ fn count_opens(file: &Path) -> (notify::RecommendedWatcher, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_reload_the_rules_file_is_left_alone_until_it_changes_again() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.6}))).await;
-    let t = Triage::start_with(
-        &rules(&up.url(), "one", 0.5, false),
-        &["--rules-poll-interval-ms", "0"],
-        &[],
-    )
-    .await;
+    let t = watched(&up, &[]).await;
     let reloads = || t.metric("triage_rules_reloads_total", &[("result", "ok")]);
     let before = reloads().await;
     let (_watcher, opens) = count_opens(&t.rules_path);
@@ -253,12 +251,7 @@ fn helper_thread_switches(pid: u32) -> HashMap<String, u64> {
 async fn an_idle_triage_sleeps_after_a_rules_edit() {
     let up = Upstream::start(|_| Reply::json(json!({"confidence": 0.6}))).await;
     // One worker: the runtime is the main thread, and every other thread is a helper.
-    let t = Triage::start_with(
-        &rules(&up.url(), "one", 0.5, false),
-        &["--rules-poll-interval-ms", "0", "--worker-threads", "1"],
-        &[],
-    )
-    .await;
+    let t = watched(&up, &["--worker-threads", "1"]).await;
     std::fs::write(&t.rules_path, rules(&up.url(), "two", 0.7, false)).unwrap();
     eventually(&t, (202, "review", "two"), Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
