@@ -232,6 +232,17 @@ struct Choice {
     rewrite: bool,
 }
 
+impl Choice {
+    /// The chosen variant, the request as it is.
+    fn keep(chosen: usize) -> Self {
+        Choice {
+            variant: chosen,
+            overridden: false,
+            rewrite: false,
+        }
+    }
+}
+
 fn choose(
     task: &Task,
     chosen: usize,
@@ -239,11 +250,7 @@ fn choose(
     force: bool,
 ) -> Result<Choice, ProxyError> {
     let variants = &task.rollout.variants;
-    let mut choice = Choice {
-        variant: chosen,
-        overridden: false,
-        rewrite: false,
-    };
+    let mut choice = Choice::keep(chosen);
     choice.rewrite = match requested {
         None => true,
         Some(name) if task.model.aliases.iter().any(|a| a == name) => true,
@@ -267,10 +274,11 @@ fn choose(
 
 /// The common case, edited in place: a top-level model field and `logprobs` are found by
 /// one checked walk of the body, and only their values change; every other byte goes
-/// upstream as the client sent it, and a body that needs no edit is not copied. `None`
-/// leaves the request to [`pin_by_value`]: a nested model field, a body that is not JSON
-/// or not UTF-8 (for its error), a model that is neither a plain string nor null, or a
-/// key given twice or with escapes.
+/// upstream as the client sent it, and a body that needs no edit is not copied. The key and
+/// the versions come ready from rule compilation. `None` leaves the request to
+/// [`pin_by_value`]: a nested model field, a body that is not JSON or not UTF-8 (for its
+/// error), a model that is neither a plain string nor null, or a key given twice or with
+/// escapes.
 fn splice(
     task: &Task,
     chosen: usize,
@@ -278,18 +286,15 @@ fn splice(
     force: bool,
 ) -> Result<Option<Pinned>, ProxyError> {
     const LOGPROBS: &str = "logprobs";
-    let key = match task.model.request_field.as_deref() {
-        None => None,
-        Some(field) => match field.strip_prefix('/') {
-            Some(key) if !key.contains(['/', '~']) && key != LOGPROBS => Some(key),
-            _ => return Ok(None),
-        },
-    };
-    let keys = match key {
-        Some(key) => [key, LOGPROBS],
+    let member = task.model.request_member.as_ref();
+    if task.model.request_field.is_some() && member.is_none() {
+        return Ok(None);
+    }
+    let keys = match member {
+        Some(m) => [&*m.key, LOGPROBS],
         None => [LOGPROBS, LOGPROBS],
     };
-    let logprobs_at = usize::from(key.is_some());
+    let logprobs_at = usize::from(member.is_some());
     let Ok(found) = probe::members(body, &keys[..=logprobs_at]) else {
         return Ok(None);
     };
@@ -301,16 +306,11 @@ fn splice(
     }
     let value = |range: &std::ops::Range<usize>| body.get(range.clone()).unwrap_or_default();
 
-    // Values to replace, and new members (they go first in the object).
+    // Values to replace, and new members (they go first in the object): (opening, value).
     let mut replace: Vec<(std::ops::Range<usize>, &[u8])> = Vec::new();
-    let mut insert: Vec<Vec<u8>> = Vec::new();
-    let quoted;
-    let mut choice = Choice {
-        variant: chosen,
-        overridden: false,
-        rewrite: false,
-    };
-    if let Some(key) = key {
+    let mut insert: Vec<(&[u8], &[u8])> = Vec::new();
+    let mut choice = Choice::keep(chosen);
+    if let Some(member) = member {
         let current = found.values.first().and_then(Option::as_ref);
         let requested = match current.map(value) {
             None | Some(b"null") => None,
@@ -325,19 +325,13 @@ fn splice(
             .rollout
             .variants
             .get(choice.variant)
-            .and_then(|v| v.version.as_deref());
+            .and_then(|v| v.version_json.as_deref());
         if choice.rewrite
             && let Some(version) = version
         {
-            quoted = json_string(version);
             match current {
-                Some(range) => replace.push((range.clone(), &quoted)),
-                None => {
-                    let mut member = json_string(key);
-                    member.push(b':');
-                    member.extend_from_slice(&quoted);
-                    insert.push(member);
-                }
+                Some(range) => replace.push((range.clone(), version)),
+                None => insert.push((&member.opening, version)),
             }
         }
     }
@@ -345,7 +339,7 @@ fn splice(
         match found.values.get(logprobs_at).and_then(Option::as_ref) {
             Some(range) if value(range) == b"true" => {}
             Some(range) => replace.push((range.clone(), b"true")),
-            None => insert.push(b"\"logprobs\":true".to_vec()),
+            None => insert.push((b"\"logprobs\":", b"true")),
         }
     }
     if replace.is_empty() && insert.is_empty() {
@@ -356,12 +350,16 @@ fn splice(
         }));
     }
     replace.sort_by_key(|(range, _)| range.start);
-    let extra: usize = insert.iter().map(|m| m.len() + 1).sum::<usize>()
+    let extra: usize = insert
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 1)
+        .sum::<usize>()
         + replace.iter().map(|(_, v)| v.len()).sum::<usize>();
     let mut out = Vec::with_capacity(body.len() + extra);
     out.extend_from_slice(body.get(..found.open).unwrap_or_default());
-    for (k, member) in insert.iter().enumerate() {
-        out.extend_from_slice(member);
+    for (k, (opening, new)) in insert.iter().enumerate() {
+        out.extend_from_slice(opening);
+        out.extend_from_slice(new);
         if k + 1 < insert.len() || !found.empty {
             out.push(b',');
         }
@@ -378,14 +376,6 @@ fn splice(
         variant: choice.variant,
         overridden: choice.overridden,
     }))
-}
-
-/// `s` as a JSON string, quotes and escapes included.
-fn json_string(s: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() + 2);
-    // Writing a `&str` into a `Vec` cannot fail.
-    let _ = serde_json::to_writer(&mut out, s);
-    out
 }
 
 /// Pin by parsing the whole body into a `serde_json::Value` and writing it out again:
@@ -417,11 +407,7 @@ fn pinned_value(
     if !doc.is_object() {
         return Err(ProxyError::InvalidJson("expected a JSON object".into()));
     }
-    let mut choice = Choice {
-        variant: chosen,
-        overridden: false,
-        rewrite: false,
-    };
+    let mut choice = Choice::keep(chosen);
     if let Some(field) = field {
         let requested = match doc.pointer(field) {
             None | Some(Value::Null) => None,

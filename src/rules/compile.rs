@@ -11,7 +11,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::raw::{self, RawFile, RawTask, RawUpstream, Source};
 use super::{
-    Cost, Matcher, ModelRules, ReportedVersion, Rollout, RuleSet, Slots, Task, Upstream, Variant,
+    Cost, Matcher, ModelRules, ReportedVersion, RequestMember, Rollout, RuleSet, Slots, Task,
+    Upstream, Variant,
 };
 use crate::confidence::Extractor;
 use crate::decide::Policy;
@@ -297,6 +298,29 @@ fn compile_upstream(name: &str, raw: &RawUpstream, err: &mut Errors) -> Option<U
     })
 }
 
+/// `s` as a JSON string, quotes and escapes included.
+fn json_string(s: &str) -> Box<[u8]> {
+    serde_json::to_vec(s).unwrap_or_default().into()
+}
+
+/// The top-level member a request-field pointer names, if that is all it names. `logprobs`
+/// is left out: `request_logprobs` edits that member.
+fn request_member(pointer: &str) -> Option<RequestMember> {
+    let steps = parse_pointer(pointer).ok()?;
+    let [Step::Token { key, .. }] = &steps[..] else {
+        return None;
+    };
+    if &**key == "logprobs" {
+        return None;
+    }
+    let mut opening = json_string(key).into_vec();
+    opening.push(b':');
+    Some(RequestMember {
+        key: key.clone(),
+        opening: opening.into(),
+    })
+}
+
 fn unit_interval(value: f64, key: &str, err: &mut Errors) {
     if !(0.0..=1.0).contains(&value) {
         err.push(key, format!("{value} is outside [0, 1]"));
@@ -545,6 +569,7 @@ fn compile_task(
                     version_header: pinned
                         .as_deref()
                         .and_then(|v| HeaderValue::from_str(v).ok()),
+                    version_json: pinned.as_deref().map(json_string),
                     bucket_end: BUCKETS,
                     upstream: up.clone(),
                     policy,
@@ -620,6 +645,7 @@ fn compile_task(
             headers: headers.into(),
         },
         model: ModelRules {
+            request_member: model.request_field.as_deref().and_then(request_member),
             request_field: model.request_field.clone(),
             response,
             aliases: model.aliases.clone().into(),
@@ -822,6 +848,7 @@ fn compile_variants(
                 name_header: header_value(&v.name),
                 version: Some(v.version.as_str().into()),
                 version_header: HeaderValue::from_str(&v.version).ok(),
+                version_json: Some(json_string(&v.version)),
                 bucket_end: total.min(BUCKETS),
                 upstream: up,
                 policy: Policy {

@@ -78,8 +78,18 @@ pub struct Matcher {
 pub struct ModelRules {
     /// JSON pointer of the model field in the request body.
     pub request_field: Option<String>,
+    /// `request_field` when it names a member of the top-level object (other than
+    /// `logprobs`): the field the request is edited in place at.
+    pub request_member: Option<RequestMember>,
     pub response: Option<ReportedVersion>,
     pub aliases: Box<[String]>,
+}
+
+#[derive(Debug)]
+pub struct RequestMember {
+    pub key: Box<str>,
+    /// `"key":` in JSON, ready to open a new member with.
+    pub opening: Box<[u8]>,
 }
 
 #[derive(Debug)]
@@ -117,6 +127,8 @@ pub struct Variant {
     /// `version` as a ready header value (`x-triage-model-version`); `None` also when the
     /// version is not a valid header value.
     pub version_header: Option<HeaderValue>,
+    /// `version` as a JSON string, quotes and escapes included (the request's model value).
+    pub version_json: Option<Box<[u8]>>,
     /// Exclusive end of this variant's cumulative bucket range (0..=10_000).
     pub bucket_end: u32,
     pub upstream: Arc<Upstream>,
