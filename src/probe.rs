@@ -379,24 +379,26 @@ struct Scan<'b, 'o> {
     shape: Shape,
 }
 
-/// Keys remembered from one element of a list, for the next element (the next token of a
-/// logprobs list): only a node with [`Node::repeats`] remembers. `keys[k]` is the raw span
-/// (start, length) of the k-th key and the index of its child in the node's `keys`
-/// (`u16::MAX`: none); the first `len` are set. A key whose raw bytes equal the remembered
-/// ones and end in a quote is the same string, escapes and all, already checked and looked
-/// up: no scan for its end, no lookup. Comparing bytes is not waiting on them: where the
-/// scan's next position came from the bytes it had just read, it now comes from the
-/// remembered length, and the comparison only decides a branch the processor predicts. An
-/// object of another list's node starts it afresh with one store.
+/// The bytes before each member of one element of a list, remembered for the next element
+/// (the next token of a logprobs list): only a node with [`Node::repeats`] remembers.
+/// `gaps[k]` is the raw span (start, length) from the end of member k−1's value (for the
+/// first member, from the first byte after `{` and its whitespace) to the start of member k's
+/// value, `,"logprob":` with whatever whitespace came, and the index of its key's child in
+/// the node's `keys` (`u16::MAX`: none); the first `len` are set. Bytes equal to a gap
+/// already walked are the same separator, key (escapes and all) and colon, already checked
+/// and looked up: one comparison steps over them. Comparing bytes is not waiting on them:
+/// where the scan's next position came from the bytes it had just read, it now comes from
+/// the remembered length, and the comparison only decides a branch the processor predicts.
+/// An object of another list's node starts it afresh with one store.
 #[derive(Default)]
 struct Shape {
-    /// The node the keys came from, by address (0: none).
+    /// The node the gaps came from, by address (0: none).
     node: usize,
     len: usize,
-    keys: [(u32, u16, u16); SHAPE_KEYS],
+    gaps: [(u32, u16, u16); SHAPE_KEYS],
 }
 
-/// How many keys of an object [`Shape`] remembers: a logprob token has four.
+/// How many members of an object [`Shape`] remembers: a logprob token has four.
 const SHAPE_KEYS: usize = 8;
 
 #[derive(Clone, Copy)]
@@ -625,57 +627,60 @@ impl Scan<'_, '_> {
         let id = std::ptr::from_ref(node) as usize;
         let mut k = 0;
         loop {
-            if self.peek() != Some(b'"') {
-                return Err(NotJson);
-            }
+            // At member `k`: after `{` and its whitespace, or just after member k−1's value.
             let known = if node.repeats {
-                self.same_key_as_last(id, k)
+                self.same_gap_as_last(id, k)
             } else {
                 None
             };
             let child = match known {
-                Some(child) => child,
+                Some(child) => {
+                    // A gap may have ended before more whitespace than this one has.
+                    self.ws();
+                    child
+                }
                 None => {
+                    let gap = self.i;
+                    if k > 0 && !self.more(b'}')? {
+                        return Ok(());
+                    }
+                    if self.peek() != Some(b'"') {
+                        return Err(NotJson);
+                    }
                     let key = self.string()?;
                     let child = if node.keys.is_empty() {
                         usize::MAX
                     } else {
                         self.find_child(node, &key)?
                     };
+                    self.ws();
+                    self.eat(b':')?;
+                    self.ws();
                     if node.repeats {
-                        self.remember(id, k, &key, child);
+                        self.remember(id, k, gap, child);
                     }
                     child
                 }
             };
-            let child = node.keys.get(child).map(|(_, child)| child);
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            self.member(child)?;
-            if !self.more(b'}')? {
-                return Ok(());
-            }
+            self.member(node.keys.get(child).map(|(_, child)| child))?;
             k += 1;
         }
     }
 
-    /// At the `k`-th key of an object of node `id`: when its bytes are those of the `k`-th
-    /// key of the last object of that node, followed by a quote, step over it and return
-    /// that key's child index.
+    /// At member `k` of an object of node `id`: when the bytes here are the `k`-th gap of
+    /// the last object of that node, step over them and return that key's child index.
     #[inline(always)]
-    fn same_key_as_last(&mut self, id: usize, k: usize) -> Option<usize> {
+    fn same_gap_as_last(&mut self, id: usize, k: usize) -> Option<usize> {
         if self.shape.node != id || k >= self.shape.len {
             return None;
         }
-        let &(start, len, child) = self.shape.keys.get(k)?;
+        let &(start, len, child) = self.shape.gaps.get(k)?;
         let (start, len) = (start as usize, usize::from(len));
-        let at = self.i + 1;
-        let here = self.b.get(at..at + len)?;
-        if self.b.get(at + len) != Some(&b'"') || !same_key(here, self.b.get(start..start + len)?) {
+        let here = self.b.get(self.i..self.i + len)?;
+        if !same_bytes(here, self.b.get(start..start + len)?) {
             return None;
         }
-        self.i = at + len + 1;
+        self.i += len;
         Some(if child == u16::MAX {
             usize::MAX
         } else {
@@ -683,11 +688,12 @@ impl Scan<'_, '_> {
         })
     }
 
-    /// Remember the `k`-th key of an object of node `id` for [`Scan::same_key_as_last`].
-    /// A key past the first [`SHAPE_KEYS`], after a gap, at 4 GiB into the body, longer
-    /// than 64 KiB or leading to a child past the 65,535th is not remembered.
+    /// Remember the gap from `start` to here as the `k`-th of an object of node `id`, for
+    /// [`Scan::same_gap_as_last`]. A gap past the first [`SHAPE_KEYS`], after a gap not
+    /// remembered, at 4 GiB into the body, longer than 64 KiB or leading to a child past the
+    /// 65,535th is not remembered.
     #[inline(always)]
-    fn remember(&mut self, id: usize, k: usize, key: &Span, child: usize) {
+    fn remember(&mut self, id: usize, k: usize, start: usize, child: usize) {
         if self.shape.node != id {
             self.shape.node = id;
             self.shape.len = 0;
@@ -696,14 +702,10 @@ impl Scan<'_, '_> {
             usize::MAX => Some(u16::MAX),
             child => u16::try_from(child).ok().filter(|&c| c != u16::MAX),
         };
-        let entry = (
-            u32::try_from(key.start),
-            u16::try_from(key.end - key.start),
-            child,
-        );
+        let entry = (u32::try_from(start), u16::try_from(self.i - start), child);
         if let (Ok(start), Ok(len), Some(child)) = entry
             && k <= self.shape.len
-            && let Some(slot) = self.shape.keys.get_mut(k)
+            && let Some(slot) = self.shape.gaps.get_mut(k)
         {
             *slot = (start, len, child);
             self.shape.len = self.shape.len.max(k + 1);
@@ -857,7 +859,7 @@ impl Scan<'_, '_> {
         Ok(node
             .keys
             .iter()
-            .position(|(k, _)| same_key(k.as_bytes(), key))
+            .position(|(k, _)| same_bytes(k.as_bytes(), key))
             .unwrap_or(usize::MAX))
     }
 
@@ -1046,16 +1048,19 @@ impl Scan<'_, '_> {
     }
 }
 
-/// `a == b` for the short keys of a JSON object, without a call to `memcmp`: up to 16 bytes
-/// are two overlapping word loads on each side.
+/// `a == b` for the short byte strings of a JSON object (keys, the gaps between members),
+/// without a call to `memcmp`: up to 32 bytes are two overlapping loads on each side.
 #[inline(always)]
-fn same_key(a: &[u8], b: &[u8]) -> bool {
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     match a.len() {
         4..=7 => a.first_chunk::<4>() == b.first_chunk() && a.last_chunk::<4>() == b.last_chunk(),
         8..=16 => a.first_chunk::<8>() == b.first_chunk() && a.last_chunk::<8>() == b.last_chunk(),
+        17..=32 => {
+            a.first_chunk::<16>() == b.first_chunk() && a.last_chunk::<16>() == b.last_chunk()
+        }
         _ => a == b,
     }
 }
@@ -1659,6 +1664,8 @@ data: [DONE]\n\n";
                     any::<bool>(),
                     proptest::sample::subsequence((0..9usize).collect::<Vec<_>>(), 0..=9),
                     proptest::collection::vec(-9i32..9, 9),
+                    // Per member, whitespace or none around its comma and its colon.
+                    proptest::collection::vec(0u8..16, 9),
                 ),
                 0..6,
             ),
@@ -1677,18 +1684,26 @@ data: [DONE]\n\n";
             ];
             let items: Vec<String> = objects
                 .iter()
-                .map(|(escaped, picks, values)| {
-                    let members: Vec<String> = picks
+                .map(|(escaped, picks, values, spaces)| {
+                    let members: String = picks
                         .iter()
-                        .map(|&k| {
+                        .enumerate()
+                        .map(|(at, &k)| {
                             let key = KEYS[k][usize::from(*escaped)];
+                            let ws = |bit: u8| if spaces[at] & (1 << bit) != 0 { " " } else { "" };
+                            let comma = if at == 0 {
+                                String::new()
+                            } else {
+                                format!("{},{}", ws(0), ws(1))
+                            };
+                            let (colon, value) = (format!("{}:{}", ws(2), ws(3)), values[k]);
                             match k {
-                                8 => format!(r#""{key}":{{"b":{}}}"#, values[k]),
-                                _ => format!(r#""{key}":{}"#, values[k]),
+                                8 => format!(r#"{comma}"{key}"{colon}{{"b":{value}}}"#),
+                                _ => format!(r#"{comma}"{key}"{colon}{value}"#),
                             }
                         })
                         .collect();
-                    format!("{{{}}}", members.join(","))
+                    format!("{{{members}}}")
                 })
                 .collect();
             let items = items.join(",");
