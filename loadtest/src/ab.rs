@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::drive::{self, Load, Target};
 use crate::procs;
-use crate::run::{delete_queues, start_mock, start_triage, unix_secs};
+use crate::run::{Model, delete_queues, start_mock, start_triage, unix_secs};
 use crate::{Result, Size};
 
 #[derive(clap::Args)]
@@ -44,6 +44,9 @@ pub struct AbArgs {
     /// RabbitMQ for triage (it starts only once its review path is up).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
+    /// The chat task pins its model version (as `run --pin-version`).
+    #[arg(long)]
+    pub pin_version: bool,
 }
 
 /// One binary's figures in one round.
@@ -153,7 +156,11 @@ async fn one(
     run_id: &str,
     prefix: &[String],
 ) -> Result<Sample> {
-    let mut server = start_triage(bin, dir, label, mock, &a.amqp_url, run_id, prefix).await?;
+    let model = Model {
+        addr: mock,
+        pin_version: a.pin_version,
+    };
+    let mut server = start_triage(bin, dir, label, model, &a.amqp_url, run_id, prefix).await?;
     let load = |secs: f64| -> Result<Load> {
         Ok(Load {
             target: Target::new(server.data, "/v1/chat/completions")?,
@@ -218,11 +225,16 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
         ("total CPU µs/req", |s| s.user_us + s.sys_us),
     ];
     let mut md = format!(
-        "A/B at saturation: {} rounds, {} body, {} connections, {} s closed loop per binary and round; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
+        "A/B at saturation: {} rounds, {} body, {} connections, {} s closed loop per binary and round{}; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
         a.rounds.max(1),
         a.size.label(),
         a.connections,
-        a.secs
+        a.secs,
+        if a.pin_version {
+            ", the chat task pinning its model version"
+        } else {
+            ""
+        }
     );
     for (label, _) in bins {
         md.push_str(&format!(" {label} |"));

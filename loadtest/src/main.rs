@@ -69,7 +69,10 @@
 //!   names per run and are deleted afterwards. Needs RabbitMQ at `--amqp-url` (default
 //!   guest@127.0.0.1:5672) and a release build of triage (`--triage-bin`, default
 //!   `target/release/triage`). Knobs: `--rounds`, `--quick`, `--sat-secs`, `--fixed-secs`,
-//!   `--rates`, `--connections`, `--idle-conns`, `--no-nginx`, `--no-floor`, `--no-pin`.
+//!   `--rates`, `--connections`, `--idle-conns`, `--no-nginx`, `--no-floor`, `--no-pin`,
+//!   `--pin-version` (triage's chat task pins its model version, as a deployment would: the
+//!   request's `gpt-4o` is rewritten to the mock's dated version in place, and the answer's
+//!   `model` is checked; off by default, so that runs compare with earlier sessions').
 //!
 //! - `ab`: two or more triage binaries (`--bin LABEL=PATH`, the first the baseline)
 //!   alternated at saturation, A B A B … for `--rounds` (default 5), each started afresh,
@@ -77,7 +80,8 @@
 //!   req/s and CPU per request split into user and system time, medians and ranges, each
 //!   binary's ratio to the baseline, the median of the rounds' own ratios, and the
 //!   hypervisor's steal on the proxy's CPU. For a change worth a few per cent, which a full
-//!   `run` cannot see through its ±10 % between rounds.
+//!   `run` cannot see through its ±10 % between rounds. `--size`, `--pin-version` as in
+//!   `run`.
 
 mod ab;
 mod drive;

@@ -18,6 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::drive::{self, Load, Target};
+use crate::mock::MODEL;
 use crate::procs::{self, Proc};
 use crate::report::{PhaseNums, ProcResult, Report, RoundNums, TargetResult};
 use crate::{Result, Size};
@@ -58,6 +59,10 @@ pub struct RunArgs {
     /// Do not pin (proxies on CPU 0, driver and mock on CPU 1).
     #[arg(long)]
     pub no_pin: bool,
+    /// triage's chat task pins its model version: the request's `gpt-4o` is rewritten to
+    /// the mock's dated version and the answer's `model` is checked against it.
+    #[arg(long)]
+    pub pin_version: bool,
     #[arg(long, default_value_t = 0)]
     pub proxy_cpu: usize,
     #[arg(long, default_value_t = 1)]
@@ -212,6 +217,11 @@ async fn measure_all(
     servers.push(Server::new("mock", mock, mock_addr, None));
     eprintln!("mock at {mock_addr}");
 
+    if a.pin_version {
+        rep.notes.push(format!(
+            "triage's chat task pins its model version (--pin-version): each request's `gpt-4o` becomes `{MODEL}`, and each answer's `model` is checked."
+        ));
+    }
     // nginx.
     let nginx = if a.no_nginx {
         rep.notes.push("nginx skipped (--no-nginx).".into());
@@ -270,7 +280,10 @@ async fn measure_all(
             triage_bin,
             dir,
             name,
-            mock_addr,
+            Model {
+                addr: mock_addr,
+                pin_version: a.pin_version,
+            },
             &a.amqp_url,
             run_id,
             &proxy_prefix,
@@ -790,21 +803,40 @@ pub(crate) async fn start_mock(dir: &Path) -> Result<(Proc, SocketAddr)> {
 // ---------------------------------------------------------------------------------------
 // triage
 
+/// What triage's rules say about the mock.
+#[derive(Clone, Copy)]
+pub(crate) struct Model {
+    pub addr: SocketAddr,
+    /// The chat task pins its model version (`--pin-version`).
+    pub pin_version: bool,
+}
+
 pub(crate) async fn start_triage(
     bin: &Path,
     dir: &Path,
     name: &'static str,
-    mock: SocketAddr,
+    model: Model,
     amqp_url: &str,
     run_id: &str,
     prefix_cmd: &[String],
 ) -> Result<Server> {
+    let Model {
+        addr: mock,
+        pin_version,
+    } = model;
     let home = dir.join(name);
     let rules_dir = home.join("rules");
     let spool = home.join("spool");
     for d in [&rules_dir, &spool] {
         std::fs::create_dir_all(d).map_err(|e| format!("{d:?}: {e}"))?;
     }
+    let pin = if pin_version {
+        format!(
+            "\n    model: {{ pinned: {MODEL}, request_field: /model, aliases: [gpt-4o], response_field: /model }}"
+        )
+    } else {
+        String::new()
+    };
     let rules = format!(
         r#"version: 1
 upstreams:
@@ -812,7 +844,7 @@ upstreams:
 tasks:
   - name: chat
     match: {{ path_prefix: /v1/chat/completions, method: POST }}
-    upstream: model
+    upstream: model{pin}
     confidence: {{ source: openai_logprobs, aggregate: mean }}
     threshold: 0.85
     on_review: hold
