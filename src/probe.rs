@@ -1621,7 +1621,8 @@ data: [DONE]\n\n";
         let (probe, slots) = probe_for(&paths);
         let ours = probe.run(body);
         match serde_json::from_slice::<Value>(body) {
-            // A key twice in one object: serde_json keeps the last, the probe sees both.
+            // A key twice in one object: serde_json keeps the last value; a list slot of the
+            // probe gets both.
             Ok(_) if serde_json::from_slice::<NoDuplicateKeys>(body).is_err() => {
                 prop_assert!(ours.is_ok());
             }
@@ -1641,7 +1642,7 @@ data: [DONE]\n\n";
                 prop_assert_eq!(ours, Err(NotJson));
             }
             // Well-formed but not a `Value` (invalid UTF-8 in a string, a lone
-            // surrogate escape, a duplicate key's order): either answer is fine.
+            // surrogate escape): either answer is fine.
             Err(_) => {}
         }
         Ok(())
@@ -1811,7 +1812,7 @@ data: [DONE]\n\n";
                     let want = oracle(&doc, steps, *kind);
                     prop_assert!(same(&found[*slot], &want), "{body} {steps:?}: {:?} vs {want:?}", found[*slot]);
                 }
-                // A byte changed where a remembered gap would match.
+                // Bytes changed anywhere, the remembered gaps included.
                 let mut damaged = body.into_bytes();
                 damage(&mut damaged, &cuts);
                 agrees_on_bytes(&damaged)?;
