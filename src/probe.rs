@@ -337,8 +337,14 @@ pub fn members(body: &[u8], keys: &[&str]) -> Result<Option<Members>, NotJson> {
                 return Err(NotJson);
             }
             let key = scan.string()?;
-            let name = text(body, &key)?;
-            let wanted = keys.iter().position(|k| *k == name);
+            // A key without an escape is compared raw, as [`Scan::find_child`] compares it.
+            let wanted = if key.escaped {
+                let name = text(body, &key)?;
+                keys.iter().position(|k| *k == name)
+            } else {
+                let raw = body.get(key.start..key.end).ok_or(NotJson)?;
+                keys.iter().position(|k| same_bytes(k.as_bytes(), raw))
+            };
             scan.ws();
             scan.eat(b':')?;
             scan.ws();
