@@ -279,18 +279,67 @@ async fn queue_depth(broker: &Broker, queue: &str) -> u32 {
 }
 
 async fn wait_for(t: &Triage, name: &str, labels: &[(&str, &str)], want: f64) {
+    wait_until(t, None, name, labels, want).await;
+}
+
+/// [`wait_for`] a verdict metric; a timeout also tells what the broker holds on the verdict
+/// queue (still there: not delivered to triage; gone: delivered and not counted).
+async fn wait_for_verdicts(
+    t: &Triage,
+    broker: &Broker,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) {
+    wait_until(t, Some(broker), name, labels, want).await;
+}
+
+async fn wait_until(
+    t: &Triage,
+    broker: Option<&Broker>,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let got = t.metric(name, labels).await;
         if got == want {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} = {got}, wanted {want}\n{}",
-            t.stderr()
-        );
+        if Instant::now() >= deadline {
+            let queue = match broker {
+                Some(broker) => queue_state(broker, &t.names.verdict_queue).await,
+                None => String::new(),
+            };
+            panic!(
+                "{name}{labels:?} = {got}, wanted {want}{queue}\n{}",
+                t.stderr()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The queue's ready messages and consumers, as the broker reports them.
+async fn queue_state(broker: &Broker, queue: &str) -> String {
+    let Ok(ch) = broker.conn.create_channel().await else {
+        return "; no channel to ask the broker".into();
+    };
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match ch
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+    {
+        Ok(q) => format!(
+            "; {queue} holds {} ready message(s) for {} consumer(s)",
+            q.message_count(),
+            q.consumer_count()
+        ),
+        Err(e) => format!("; {queue}: {e}"),
     }
 }
 
@@ -314,8 +363,9 @@ async fn verdicts_are_counted_once_and_malformed_ones_are_dead_lettered() {
     items.push(json!({"schema": "triage.verdict/v1", "verdict": "perhaps"}));
     items.push(json!("not even an object"));
     publish_verdicts(&broker, &t.names.verdict_exchange, &items).await;
-    wait_for(
+    wait_for_verdicts(
         &t,
+        &broker,
         "triage_verdicts_total",
         &[
             ("task", "chat"),
@@ -325,21 +375,23 @@ async fn verdicts_are_counted_once_and_malformed_ones_are_dead_lettered() {
         6.0,
     )
     .await;
-    wait_for(
+    wait_for_verdicts(
         &t,
+        &broker,
         "triage_verdicts_total",
         &[("reason", "audit"), ("verdict", "corrected")],
         1.0,
     )
     .await;
-    wait_for(
+    wait_for_verdicts(
         &t,
+        &broker,
         "triage_verdicts_total",
         &[("reason", "low_confidence"), ("verdict", "rejected")],
         1.0,
     )
     .await;
-    wait_for(&t, "triage_verdicts_malformed_total", &[], 2.0).await;
+    wait_for_verdicts(&t, &broker, "triage_verdicts_malformed_total", &[], 2.0).await;
     assert_eq!(
         t.metric("triage_verdict_latency_seconds_count", &[("task", "chat")])
             .await,
@@ -361,8 +413,9 @@ async fn verdicts_are_counted_once_and_malformed_ones_are_dead_lettered() {
         &[verdict("chat", "audit", "approved")],
     )
     .await;
-    wait_for(
+    wait_for_verdicts(
         &t,
+        &broker,
         "triage_verdicts_total",
         &[("reason", "audit"), ("verdict", "approved")],
         7.0,
