@@ -24,7 +24,9 @@
 //!   (0.1 = every 10th answer);
 //!   `x-delay-ms` / `?delay_ms=` — a fixed delay before answering.
 //!   `--stall` reproduces the 40 ms Nagle/delayed-ACK stall (no `TCP_NODELAY`, head and
-//!   body in two writes), to check that the driver catches it.
+//!   body in two writes), to check that the driver catches it. `--confidence-header`
+//!   also gives each answer's confidence as an `x-confidence` header, for a triage task
+//!   with `source: header` (see the README's Performance section for what it measured).
 //!   Prints `listening ADDR` on stdout.
 //!
 //! - `drive`: the load driver. Open loop (`--rate R`): request i is due at t0 + i/R, spread

@@ -40,11 +40,18 @@ pub struct MockArgs {
     /// and the head and the body of every answer go out in two writes.
     #[arg(long)]
     pub stall: bool,
+    /// Also give every answer's confidence as an `x-confidence` header, for a triage task
+    /// that reads it there (`source: header`) and so walks no body: what triage costs
+    /// without its JSON probe.
+    #[arg(long)]
+    pub confidence_header: bool,
 }
 
 /// `bodies[endpoint][size][low]`: endpoint 0 = chat, 1 = classify.
 struct State {
     bodies: [[[Bytes; 2]; 3]; 2],
+    /// `x-confidence` by `low`, with `--confidence-header`.
+    confidence: Option<[HeaderValue; 2]>,
     counter: AtomicU64,
     args: MockArgs,
 }
@@ -53,6 +60,10 @@ pub fn main(args: MockArgs) -> Result<()> {
     crate::procs::raise_nofile_limit();
     let state = Arc::new(State {
         bodies: build_bodies(),
+        confidence: match args.confidence_header {
+            true => Some(confidence_headers()?),
+            false => None,
+        },
         counter: AtomicU64::new(0),
         args: args.clone(),
     });
@@ -123,6 +134,10 @@ async fn handle(
     let mut r = Response::new(MockBody::new(bytes, state.args.stall));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(values) = &state.confidence {
+        r.headers_mut()
+            .insert("x-confidence", values[usize::from(low)].clone());
+    }
     if endpoint == 1 {
         r.headers_mut().insert(
             "x-model-version",
@@ -219,6 +234,12 @@ fn build_bodies() -> [[[Bytes; 2]; 3]; 2] {
     [sizes(0), sizes(1)]
 }
 
+/// The confidences of [`build_bodies`] as `x-confidence` values: `[HIGH, LOW]`.
+fn confidence_headers() -> Result<[HeaderValue; 2]> {
+    let value = |c: f64| HeaderValue::try_from(c.to_string()).map_err(|e| e.to_string());
+    Ok([value(HIGH)?, value(LOW)?])
+}
+
 const WORDS: [&str; 12] = [
     "The", " invoice", " total", " is", " 1", ",", "234", ".", "56", " EUR", ",", " due",
 ];
@@ -280,6 +301,13 @@ mod tests {
         assert_eq!((0..1000).filter(|&n| is_low(n, 0.25)).count(), 250);
         assert!((0..100).all(|n| is_low(n, 1.0)));
         assert!(!(0..100).any(|n| is_low(n, 0.0)));
+    }
+
+    #[test]
+    fn confidence_headers_say_what_the_bodies_say() {
+        let read = |v: &HeaderValue| v.to_str().ok().and_then(|s| s.parse::<f64>().ok());
+        let headers = confidence_headers().map(|[high, low]| (read(&high), read(&low)));
+        assert_eq!(headers, Ok((Some(HIGH), Some(LOW))));
     }
 
     #[test]
