@@ -263,19 +263,22 @@ fn verdict(task: &str, reason: &str, verdict: &str) -> serde_json::Value {
            "reason": reason, "verdict": verdict, "reviewer": "rev-1", "output": {"label": "x"}})
 }
 
+/// What the broker holds for `queue` (a passive declare: the queue must exist).
+async fn declare_passive(broker: &Broker, queue: &str) -> lapin::Result<lapin::Queue> {
+    let ch = broker.conn.create_channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), options, FieldTable::default())
+        .await
+}
+
 async fn queue_depth(broker: &Broker, queue: &str) -> u32 {
-    let ch = broker.conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-    .message_count()
+    declare_passive(broker, queue)
+        .await
+        .unwrap()
+        .message_count()
 }
 
 async fn wait_for(t: &Triage, name: &str, labels: &[(&str, &str)], want: f64) {
@@ -323,17 +326,7 @@ async fn wait_until(
 
 /// The queue's ready messages and consumers, as the broker reports them.
 async fn queue_state(broker: &Broker, queue: &str) -> String {
-    let Ok(ch) = broker.conn.create_channel().await else {
-        return "; no channel to ask the broker".into();
-    };
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    match ch
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-    {
+    match declare_passive(broker, queue).await {
         Ok(q) => format!(
             "; {queue} holds {} ready message(s) for {} consumer(s)",
             q.message_count(),
