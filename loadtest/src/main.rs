@@ -59,7 +59,7 @@
 //!   stall probe (one keep-alive connection at 100 req/s: nothing queues, so a p50 over
 //!   10 ms is a stall); p50/p99 at 1k and 5k req/s (open loop) and the latency added over
 //!   direct in the same round; CPU per request of the proxy process tree (utime+stime from
-//!   /proc/PID/stat, at saturation and at 5k req/s); confirmed holds/s. Per proxy process:
+//!   /proc/PID/stat, at saturation and at each fixed rate); confirmed holds/s. Per proxy process:
 //!   idle RSS, idle wake-ups (context switches a second of all its threads over 3 s before
 //!   any traffic), peak RSS (VmHWM), RSS with 1,000 open idle client connections (each sent
 //!   one request). Correctness: every 202's review id must be in the review queue (drained after
@@ -82,8 +82,9 @@
 //!   req/s and CPU per request split into user and system time, medians and ranges, each
 //!   binary's ratio to the baseline, the median of the rounds' own ratios, and the
 //!   hypervisor's steal on the proxy's CPU. For a change worth a few per cent, which a full
-//!   `run` cannot see through its ±10 % between rounds. `--size`, `--pin-version` as in
-//!   `run`.
+//!   `run` cannot see through its ±10 % between rounds. `--rate R` measures at R req/s in
+//!   an open loop instead, where an idle process is woken for every request. `--size`,
+//!   `--pin-version` as in `run`.
 
 mod ab;
 mod drive;

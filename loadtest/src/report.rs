@@ -272,11 +272,12 @@ impl Report {
 
         // Table 1: per target.
         let last_rate = self.rates.last().copied().unwrap_or(0.0);
-        let mut head = format!(
-            "| target | body | sat req/s | CPU µs/req (sat) | CPU µs/req @{} |",
-            rate_label(last_rate)
-        );
-        let mut rule = "| --- | --- | ---: | ---: | ---: |".to_string();
+        let mut head = "| target | body | sat req/s | CPU µs/req (sat) |".to_string();
+        let mut rule = "| --- | --- | ---: | ---: |".to_string();
+        for r in &rates {
+            let _ = write!(head, " CPU µs/req @{r} |");
+            rule.push_str(" ---: |");
+        }
         head.push_str(" keep-alive p50, 1 conn @100/s ms |");
         rule.push_str(" ---: |");
         for r in &rates {
@@ -290,20 +291,16 @@ impl Report {
             let direct = t.name == "direct";
             let mock = if direct { " (mock)" } else { "" };
             let mut row = format!(
-                "| {} | {} KB | {} | {}{mock} | {}{mock} |",
+                "| {} | {} KB | {} | {}{mock} |",
                 t.name,
                 t.size.label().trim_end_matches('k'),
                 f(self.med(t.name, t.size, |r| r.sat_rps), 0),
                 f(self.med(t.name, t.size, |r| r.sat_cpu_us), 1),
-                f(
-                    self.med(t.name, t.size, |r| r
-                        .rates
-                        .last()
-                        .map(|p| p.cpu_us)
-                        .unwrap_or(f64::NAN)),
-                    1
-                ),
             );
+            for i in 0..self.rates.len() {
+                let cpu = |r: &RoundNums| r.rates.get(i).map(|p| p.cpu_us).unwrap_or(f64::NAN);
+                let _ = write!(row, " {}{mock} |", f(self.med(t.name, t.size, cpu), 1));
+            }
             let _ = write!(
                 row,
                 " {} |",
@@ -404,17 +401,23 @@ impl Report {
         if has_nginx {
             let _ = writeln!(o, "{}", table_head("ratio triage / nginx", &sizes));
             type Getter = Box<dyn Fn(&RoundNums) -> f64>;
-            let rows: Vec<(String, &str, Getter)> = vec![
-                (
-                    "CPU per request at saturation, pass".into(),
+            let mut rows: Vec<(String, &str, Getter)> = vec![(
+                "CPU per request at saturation, pass".into(),
+                "triage-pass",
+                Box::new(|r: &RoundNums| r.sat_cpu_us),
+            )];
+            // Every fixed rate: a sidecar mostly lives at the low ones, where each request
+            // wakes an idle process.
+            for (i, &rate) in self.rates.iter().enumerate() {
+                rows.push((
+                    format!("CPU per request at {} req/s, pass", rate_label(rate)),
                     "triage-pass",
-                    Box::new(|r: &RoundNums| r.sat_cpu_us),
-                ),
-                (
-                    format!("CPU per request at {} req/s, pass", rate_label(last_rate)),
-                    "triage-pass",
-                    Box::new(|r: &RoundNums| r.rates.last().map(|p| p.cpu_us).unwrap_or(f64::NAN)),
-                ),
+                    Box::new(move |r: &RoundNums| {
+                        r.rates.get(i).map(|p| p.cpu_us).unwrap_or(f64::NAN)
+                    }),
+                ));
+            }
+            rows.extend::<[(String, &str, Getter); 3]>([
                 (
                     "saturation req/s, pass".into(),
                     "triage-pass",
@@ -430,7 +433,7 @@ impl Report {
                     "triage-hold100",
                     Box::new(|r: &RoundNums| r.sat_cpu_us),
                 ),
-            ];
+            ]);
             for (label, tname, get) in &rows {
                 let mut row = format!("| {label} |");
                 for s in &sizes {
@@ -806,6 +809,79 @@ mod tests {
     fn utc() {
         assert_eq!(utc_string(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc_string(1_763_900_000), "2025-11-23 12:13 UTC");
+    }
+
+    /// One round of `name` at 0.8 KB, with the given CPU per request at each fixed rate.
+    fn target(name: &'static str, sat_cpu: f64, cpu_at: [f64; 2]) -> TargetResult {
+        let phase = |rate, cpu_us| PhaseNums {
+            rate,
+            p50: 0.2,
+            p90: 0.3,
+            p99: 0.4,
+            p999: 0.5,
+            achieved: rate,
+            cpu_us,
+            timer_lag_ms: 0.0,
+            unsent: 0,
+        };
+        let mut t = TargetResult::new(name, Size::S08k, 0.0);
+        t.rounds.push(RoundNums {
+            sat_rps: 10_000.0,
+            sat_cpu_us: sat_cpu,
+            rates: vec![phase(1000.0, cpu_at[0]), phase(5000.0, cpu_at[1])],
+            ..RoundNums::default()
+        });
+        t
+    }
+
+    #[test]
+    fn cpu_per_request_is_reported_at_every_fixed_rate() {
+        let report = Report {
+            t0: Instant::now(),
+            quick: true,
+            rounds: 1,
+            sat: Duration::from_secs(1),
+            fixed: Duration::from_secs(1),
+            connections: 32,
+            rates: vec![1000.0, 5000.0],
+            pin: None,
+            cpus: 2,
+            idle_conns: 0,
+            nginx_version: "nginx/test".into(),
+            commit: "test".into(),
+            loadavg_start: String::new(),
+            loadavg_end: String::new(),
+            wall: Duration::ZERO,
+            notes: Vec::new(),
+            targets: vec![
+                target("direct", 5.0, [20.0, 8.0]),
+                target("nginx", 10.0, [40.0, 16.0]),
+                target("triage-pass", 12.0, [60.0, 20.0]),
+            ],
+            procs: Vec::new(),
+        };
+        let md = report.markdown();
+        let row = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            row("| target |").starts_with(
+                "| target | body | sat req/s | CPU µs/req (sat) | CPU µs/req @1k | \
+                 CPU µs/req @5k |"
+            ),
+            "{md}"
+        );
+        assert!(
+            row("| nginx | 0.8 KB |")
+                .starts_with("| nginx | 0.8 KB | 10000 | 10.0 | 40.0 | 16.0 |"),
+            "{md}"
+        );
+        assert!(row("| CPU per request at saturation, pass |").contains("| 1.20× |"));
+        assert!(row("| CPU per request at 1k req/s, pass |").contains("| 1.50× |"));
+        assert!(row("| CPU per request at 5k req/s, pass |").contains("| 1.25× |"));
     }
 
     #[test]
