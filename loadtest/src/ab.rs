@@ -1,5 +1,6 @@
 //! `ab`: triage binaries alternated at saturation in one sitting (A B A B …), the first the
-//! baseline. A full `run` moves by ±10 % between rounds on a shared machine, more than most
+//! baseline; with `--rate`, at a fixed rate instead (an open loop), where each request wakes
+//! an idle process, as in most sidecars' day. A full `run` moves by ±10 % between rounds on a shared machine, more than most
 //! single changes save; alternating two builds of triage against the same mock, minutes
 //! apart, is what shows a change of a few per cent. Each binary starts afresh every round
 //! (pinned and with one worker as in `run`, its own queues), gets a warm-up, then a closed
@@ -28,9 +29,13 @@ pub struct AbArgs {
     /// Rounds: every binary once per round.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Seconds of closed loop measured per binary and round (after 1.5 s of warm-up).
+    /// Seconds measured per binary and round (after 1.5 s of warm-up).
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
+    /// Requests a second, open loop, warm-up and measure alike; 0 (the default): closed
+    /// loop, to saturation.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Response body size asked of the mock.
     #[arg(long, default_value = "0.8k")]
     pub size: Size,
@@ -167,7 +172,7 @@ async fn one(
             size: a.size,
             hold_share: 0.0,
             connections: a.connections,
-            rate: 0.0,
+            rate: a.rate,
             duration: Duration::from_secs_f64(secs),
         })
     };
@@ -218,14 +223,22 @@ type Measure = (&'static str, fn(&Sample) -> f64);
 
 fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>]) -> String {
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    let (rps, how) = if a.rate > 0.0 {
+        ("achieved req/s", format!("at {} req/s (open loop)", a.rate))
+    } else {
+        (
+            "saturation req/s",
+            "at saturation (closed loop)".to_string(),
+        )
+    };
     let measures: [Measure; 4] = [
-        ("saturation req/s", |s| s.rps),
+        (rps, |s| s.rps),
         ("user CPU µs/req", |s| s.user_us),
         ("system CPU µs/req", |s| s.sys_us),
         ("total CPU µs/req", |s| s.user_us + s.sys_us),
     ];
     let mut md = format!(
-        "A/B at saturation: {} rounds, {} body, {} connections, {} s closed loop per binary and round{}; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
+        "A/B {how}: {} rounds, {} body, {} connections, {} s per binary and round{}; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
         a.rounds.max(1),
         a.size.label(),
         a.connections,
@@ -255,7 +268,7 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
             let (lo, hi) = v
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-            let prec = if name.starts_with("saturation") { 0 } else { 2 };
+            let prec = if name.ends_with("req/s") { 0 } else { 2 };
             md.push_str(&format!(
                 " {:.prec$} ({:.prec$}–{:.prec$}) |",
                 med(i, f),
