@@ -26,7 +26,7 @@
 //!   `--stall` reproduces the 40 ms Nagle/delayed-ACK stall (no `TCP_NODELAY`, head and
 //!   body in two writes), to check that the driver catches it. `--confidence-header`
 //!   also gives each answer's confidence as an `x-confidence` header, for a triage task
-//!   with `source: header` (see the README's Performance section for what it measured).
+//!   with `source: header` (see `docs/performance.md` for what it measured).
 //!   Prints `listening ADDR` on stdout.
 //!
 //! - `drive`: the load driver. Open loop (`--rate R`): request i is due at t0 + i/R, spread

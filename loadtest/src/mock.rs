@@ -42,8 +42,8 @@ pub struct MockArgs {
     pub stall: bool,
     /// Also give every answer's confidence as an `x-confidence` header, for a triage task
     /// that reads it there (`source: header`). Such a task still walks the body (refusal,
-    /// usage); with the walk taken out of a triage build, this is how the README's
-    /// Performance section measured what triage costs without it.
+    /// usage); with the walk taken out of a triage build, this is how
+    /// `docs/performance.md` measured what triage costs without it.
     #[arg(long)]
     pub confidence_header: bool,
 }
