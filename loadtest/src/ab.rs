@@ -36,6 +36,10 @@ pub struct AbArgs {
     /// loop, to saturation.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Share of answers the mock makes low-confidence, held for review (202, published with
+    /// a confirm to the local broker); 0 (the default): every output passes.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold_share: f64,
     /// Response body size asked of the mock.
     #[arg(long, default_value = "0.8k")]
     pub size: Size,
@@ -170,7 +174,7 @@ async fn one(
         Ok(Load {
             target: Target::new(server.data, "/v1/chat/completions")?,
             size: a.size,
-            hold_share: 0.0,
+            hold_share: a.hold_share,
             connections: a.connections,
             rate: a.rate,
             duration: Duration::from_secs_f64(secs),
@@ -184,10 +188,17 @@ async fn one(
         let out = drive::run(&load(a.secs)?).await;
         let (u1, s1) = procs::cpu_ticks_split(pid);
         let (st1, all1) = procs::cpu_steal_ticks(a.proxy_cpu);
-        let n = out.count(200);
+        // Held outputs answer 202; nothing else is expected.
+        let held = if a.hold_share > 0.0 {
+            out.count(202)
+        } else {
+            0
+        };
+        let n = out.count(200) + held;
         if n == 0 || n != out.completed {
             return Err(format!(
-                "{label}: expected only 200s, got {} ({} transport errors)",
+                "{label}: expected only 200s{}, got {} ({} transport errors)",
+                if a.hold_share > 0.0 { " and 202s" } else { "" },
                 out.statuses_str(),
                 out.errors
             ));
@@ -238,7 +249,7 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
         ("total CPU µs/req", |s| s.user_us + s.sys_us),
     ];
     let mut md = format!(
-        "A/B {how}: {} rounds, {} body, {} connections, {} s per binary and round{}; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
+        "A/B {how}: {} rounds, {} body, {} connections, {} s per binary and round{}{}; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
         a.rounds.max(1),
         a.size.label(),
         a.connections,
@@ -247,6 +258,11 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
             ", the chat task pinning its model version"
         } else {
             ""
+        },
+        if a.hold_share > 0.0 {
+            format!(", {} % of outputs held", a.hold_share * 100.0)
+        } else {
+            String::new()
         }
     );
     for (label, _) in bins {

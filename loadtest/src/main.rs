@@ -83,7 +83,8 @@
 //!   binary's ratio to the baseline, the median of the rounds' own ratios, and the
 //!   hypervisor's steal on the proxy's CPU. For a change worth a few per cent, which a full
 //!   `run` cannot see through its ±10 % between rounds. `--rate R` measures at R req/s in
-//!   an open loop instead, where an idle process is woken for every request. `--size`,
+//!   an open loop instead, where an idle process is woken for every request;
+//!   `--hold-share S` has that share of outputs held (202s, real confirms). `--size`,
 //!   `--pin-version` as in `run`.
 
 mod ab;
