@@ -15,17 +15,24 @@
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /build
 
-# Only what the build reads: the manifest, the lock file, the sources, and benches/ because
-# Cargo.toml declares a [[bench]] target there (cargo checks declared targets exist).
+# Only what the build reads: the manifest, the lock file, the sources, benches/ because
+# Cargo.toml declares a [[bench]] target there (cargo checks declared targets exist), the
+# load test (a workspace member, and the training load below) and the build script.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY loadtest ./loadtest
 COPY routing-rules ./routing-rules
+COPY scripts/pgo-build.sh ./scripts/pgo-build.sh
 
-# The registry cache mount only speeds up rebuilds; --locked builds exactly Cargo.lock.
+# A profile-guided release build: triage built instrumented, run for ~25 s through the load
+# test's mock model server and driver (no broker: held outputs go to a temporary spool),
+# then built again, --locked, with the profile: 8-13 % less CPU per request than a plain
+# `cargo build --locked --release`, at saturation and at a model server's pace, at 0.8 and
+# 50 KB, passed or held (README, Performance). The registry cache mount only speeds up
+# rebuilds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --locked --release
+    scripts/pgo-build.sh
 
 # The spool directory, created here because the runtime image has no shell: copied below
 # with the non-root owner. In Kubernetes an emptyDir (or a PVC) is mounted over it.

