@@ -1,10 +1,11 @@
 //! `ab`: triage binaries alternated at saturation in one sitting (A B A B …), the first the
 //! baseline; with `--rate`, at a fixed rate instead (an open loop), where each request wakes
-//! an idle process, as in most sidecars' day. A full `run` moves by ±10 % between rounds on a shared machine, more than most
+//! an idle process, as in most sidecars' day; with `--hold-share`, a share of the outputs
+//! held. A full `run` moves by ±10 % between rounds on a shared machine, more than most
 //! single changes save; alternating two builds of triage against the same mock, minutes
 //! apart, is what shows a change of a few per cent. Each binary starts afresh every round
-//! (pinned and with one worker as in `run`, its own queues), gets a warm-up, then a closed
-//! loop, and the order rotates from round to round. CPU comes from `/proc` split into user
+//! (pinned and with one worker as in `run`, its own queues), gets a warm-up, then the
+//! measured load, and the order rotates from round to round. CPU comes from `/proc` split into user
 //! and system time, since a change to triage's code moves the first, and the second follows
 //! the kernel's network path and the machine's noise. Besides each binary's medians, the
 //! report gives the median of the rounds' own ratios (B's figure over A's in the same
