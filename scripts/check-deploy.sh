@@ -246,9 +246,11 @@ for st, c in builds:
     if c.strip() not in BUILD_COMMANDS:
         err(f"Dockerfile: build command is `{c.strip()}`, expected exactly one of {BUILD_COMMANDS}")
     if c.strip() == "scripts/pgo-build.sh":
-        script = open("scripts/pgo-build.sh").read()
-        if "cargo build --locked --release -p triage" not in script:
-            err("scripts/pgo-build.sh: no final `cargo build --locked --release -p triage`")
+        last = [l.strip() for l in open("scripts/pgo-build.sh") if "cargo build" in l][-1:]
+        if not last or not last[0].endswith("cargo build --locked --release -p triage") \
+                or "CARGO_TARGET_DIR" in last[0]:
+            err("scripts/pgo-build.sh: its last cargo build is not "
+                "`cargo build --locked --release -p triage` into the default target directory")
         if not any(s.endswith("scripts/pgo-build.sh") for _, f, srcs, _ in copies
                    if "from" not in f for s in srcs):
             err("Dockerfile: runs scripts/pgo-build.sh but does not COPY it")
