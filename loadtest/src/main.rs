@@ -59,11 +59,11 @@
 //!   stall probe (one keep-alive connection at 100 req/s: nothing queues, so a p50 over
 //!   10 ms is a stall); p50/p99 at 1k and 5k req/s (open loop) and the latency added over
 //!   direct in the same round; CPU per request of the proxy process tree (utime+stime from
-//!   /proc/PID/stat, at saturation and at each fixed rate); confirmed holds/s. Per proxy process:
-//!   idle RSS, idle wake-ups (context switches a second of all its threads over 3 s before
-//!   any traffic), peak RSS (VmHWM), RSS with 1,000 open idle client connections (each sent
-//!   one request). Correctness: every 202's review id must be in the review queue (drained after
-//!   each round; missing must be 0). A fixed-rate p50 over 10 ms is flagged as a stall, or
+//!   /proc/PID/stat, at saturation and at each fixed rate); confirmed holds/s. Per proxy
+//!   process: idle RSS, idle wake-ups (context switches a second of all its threads over
+//!   3 s before any traffic), peak RSS (VmHWM), RSS with 1,000 open idle client connections
+//!   (each sent one request). Correctness: every 202's review id must be in the review queue
+//!   (drained after each round; missing must be 0). A fixed-rate p50 over 10 ms is flagged as a stall, or
 //!   as overload when the target cannot sustain that rate. Writes the Markdown table
 //!   (medians over rounds, ratios triage/nginx, the floor against nginx and triage against
 //!   the floor, the goals, notes, per-round figures)
