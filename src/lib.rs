@@ -5,10 +5,12 @@
 //! The request path, in order: `server` (listen) → `proxy` (one request's phases) →
 //! `route` (match task, choose variant) → `upstream` (pin version, forward; `body` reads
 //! the request and the answer whole) → `observe`
-//! (`probe` + `confidence`) → `decide` → `review` (publish, `spool` fallback) → respond.
+//! (`probe` + `confidence`) → `decide` → `review` (publish, `spool` fallback) → respond (`access`: the request's log
+//! line).
 //! Control plane: `rules` (load, compile, reload), `amqp`, `verdicts`, `metrics`, `admin`,
 //! `settings`, `logline` (log lines written off the request path).
 
+pub mod access;
 pub mod admin;
 pub mod amqp;
 pub mod body;

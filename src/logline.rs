@@ -120,7 +120,7 @@ fn write_until_closed<W: Write>(
             continue;
         }
         // A tick without a line: sleep until one comes. Say so, then look once more. With
-        // the fences here and in `Line::drop`, either this drain sees a line queued
+        // the fences here and in `Lines::send`, either this drain sees a line queued
         // meanwhile or its sender sees the flag (and wakes us).
         asleep.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -166,15 +166,21 @@ impl Write for Line<'_> {
 
 impl Drop for Line<'_> {
     fn drop(&mut self) {
-        if self.buf.is_empty() {
-            return;
+        if !self.buf.is_empty() {
+            self.to.send(std::mem::take(&mut self.buf), self.urgent);
         }
-        // Full (stderr stalled) or closed (shutting down): the line is dropped.
-        let _ = self.to.queue.try_send(std::mem::take(&mut self.buf));
+    }
+}
+
+impl Lines {
+    /// Queue one whole line (with its newline) for the writer thread; `urgent` wakes it at
+    /// once. Full (stderr stalled) or closed (shutting down): the line is dropped.
+    pub fn send(&self, line: Vec<u8>, urgent: bool) {
+        let _ = self.queue.try_send(line);
         fence(Ordering::SeqCst); // pairs with the writer's, before it sleeps
-        if self.urgent || self.to.asleep.load(Ordering::Relaxed) {
-            self.to.asleep.store(false, Ordering::Relaxed);
-            self.to.writer.unpark();
+        if urgent || self.asleep.load(Ordering::Relaxed) {
+            self.asleep.store(false, Ordering::Relaxed);
+            self.writer.unpark();
         }
     }
 }

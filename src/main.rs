@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use settings::{Cli, Command, LogFormat, ServeArgs};
+use triage::access::AccessLogger;
+use triage::logline::Lines;
 
 /// sysexits' EX_USAGE: bad flags or rules at start.
 const EX_USAGE: u8 = 64;
@@ -71,28 +73,32 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// lines queue up to 16k (two seconds of access log at 8k req/s) and are then dropped
 /// rather than stalling requests. Dropping the returned guard writes what is queued
 /// (waiting at most 1 s for a stalled stderr). Colours only on a terminal.
-fn init_tracing(format: LogFormat) -> Option<triage::logline::Flush> {
+///
+/// Also returns where access lines may go without the subscriber's formatter (`access`):
+/// the log thread's queue, when there is one and stderr is not a terminal.
+fn init_tracing(format: LogFormat) -> (Option<triage::logline::Flush>, Option<Lines>) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match triage::logline::spawn(std::io::stderr()) {
         Ok((lines, flush)) => {
-            install_subscriber(format, lines);
-            Some(flush)
+            let direct = (!terminal).then(|| lines.clone());
+            install_subscriber(format, terminal, lines);
+            (Some(flush), direct)
         }
         Err(e) => {
             // No thread to spare: log straight to stderr rather than not at all.
-            install_subscriber(format, std::io::stderr);
+            install_subscriber(format, terminal, std::io::stderr);
             tracing::warn!(error = %e, "no log thread: logging from the request path");
-            None
+            (None, None)
         }
     }
 }
 
-fn install_subscriber<W>(format: LogFormat, writer: W)
+fn install_subscriber<W>(format: LogFormat, terminal: bool, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(terminal)
@@ -108,7 +114,9 @@ where
 type OnListening = Box<dyn FnOnce(SocketAddr, SocketAddr)>;
 
 fn serve(args: ServeArgs, on_listening: OnListening) -> ExitCode {
-    let _log_flush = init_tracing(args.log_format);
+    let (_log_flush, access_lines) = init_tracing(args.log_format);
+    let json = args.log_format == LogFormat::Json;
+    let access_log = AccessLogger::new(args.access_log, access_lines.map(|l| (l, json)));
     // The recorder first: rule compilation resolves metric handles against it.
     let metrics = match metrics::install() {
         Ok(handle) => handle,
@@ -145,7 +153,7 @@ fn serve(args: ServeArgs, on_listening: OnListening) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, rules, metrics, token, on_listening)) {
+    match runtime.block_on(run(args, rules, metrics, token, access_log, on_listening)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -177,6 +185,7 @@ async fn run(
     rules: rules::RuleSet,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
     token: Option<admin::Token>,
+    access_log: AccessLogger,
     on_listening: OnListening,
 ) -> Result<(), String> {
     let data = TcpListener::bind(args.listen)
@@ -238,7 +247,7 @@ async fn run(
         in_flight: proxy::InFlight::new(args.max_in_flight),
         shadow_slots: Arc::new(tokio::sync::Semaphore::new(args.max_shadow_in_flight)),
         draining: std::sync::atomic::AtomicBool::new(false),
-        access_log: args.access_log,
+        access_log,
     });
     // The exporter keeps every histogram sample until they are folded in: do it on a timer,
     // so memory stays flat when nobody scrapes /metrics. The fold runs on the runtime and

@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode, request};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::access::AccessLogger;
 use crate::amqp::Publisher;
 use crate::decide::{self, Decision, Outcome};
 use crate::error::{Fault, ProxyError};
@@ -31,12 +32,12 @@ use crate::upstream::{self, UpstreamClient, UpstreamResponse};
 
 pub type Body = Full<Bytes>;
 
-const X_DECISION: HeaderName = HeaderName::from_static("x-triage-decision");
+pub(crate) const X_DECISION: HeaderName = HeaderName::from_static("x-triage-decision");
 const X_TASK: HeaderName = HeaderName::from_static("x-triage-task");
-const X_VARIANT: HeaderName = HeaderName::from_static("x-triage-variant");
-const X_CONFIDENCE: HeaderName = HeaderName::from_static("x-triage-confidence");
+pub(crate) const X_VARIANT: HeaderName = HeaderName::from_static("x-triage-variant");
+pub(crate) const X_CONFIDENCE: HeaderName = HeaderName::from_static("x-triage-confidence");
 const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-triage-model-version");
-const X_REVIEW_ID: HeaderName = HeaderName::from_static("x-triage-review-id");
+pub(crate) const X_REVIEW_ID: HeaderName = HeaderName::from_static("x-triage-review-id");
 const X_STREAM: HeaderName = HeaderName::from_static("x-triage-stream");
 
 /// Everything the data plane shares.
@@ -48,7 +49,7 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Bounds concurrent requests; beyond it the answer is a fast 503 `overloaded`.
     pub in_flight: InFlight,
-    pub access_log: AccessLog,
+    pub access_log: AccessLogger,
     /// The local spool for review items the broker cannot confirm (`None`: unusable).
     pub spool: Option<Arc<Spool>>,
     /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
@@ -76,19 +77,16 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         task_index,
         task,
     };
-    let trace = (state.access_log != AccessLog::Off).then(|| request_trace_id(req.headers()));
+    let trace = state
+        .access_log
+        .on()
+        .then(|| request_trace_id(req.headers()));
     let response = serve(&call, req, &mut upstream_time).await;
     let overhead = started.elapsed().saturating_sub(upstream_time);
     task.metrics.overhead.record(overhead.as_secs_f64());
     if let Some(trace) = trace {
-        access_log(
-            state.access_log,
-            task,
-            &response,
-            trace.as_deref(),
-            upstream_time,
-            overhead,
-        );
+        let log = &state.access_log;
+        log.log(task, &response, trace.as_deref(), upstream_time, overhead);
     }
     response
 }
@@ -434,43 +432,6 @@ fn request_trace_id(headers: &HeaderMap) -> Option<String> {
         .filter(|id| id.len() == 32)
         .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
         .map(str::to_owned)
-}
-
-/// Where the one-line-per-request log goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AccessLog {
-    Off,
-    Debug,
-    Info,
-}
-
-/// One structured line per request, read off the answer's own `x-triage-*` headers.
-/// Never a prompt or an output.
-fn access_log(
-    level: AccessLog,
-    task: &Task,
-    response: &Response<Body>,
-    trace_id: Option<&str>,
-    upstream: Duration,
-    overhead: Duration,
-) {
-    let h = |name: &HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
-    let (variant, decision, review_id) = (h(&X_VARIANT), h(&X_DECISION), h(&X_REVIEW_ID));
-    let confidence = h(&X_CONFIDENCE).and_then(|c| c.parse::<f64>().ok());
-    let status = response.status().as_u16();
-    let upstream_ms = upstream.as_secs_f64() * 1e3;
-    let overhead_ms = overhead.as_secs_f64() * 1e3;
-    macro_rules! line {
-        ($level:expr) => {
-            tracing::event!(target: "triage::access", $level, task = %task.name, variant, decision, status,
-                confidence, review_id, trace_id, upstream_ms, overhead_ms, "request")
-        };
-    }
-    match level {
-        AccessLog::Off => {}
-        AccessLog::Debug => line!(tracing::Level::DEBUG),
-        AccessLog::Info => line!(tracing::Level::INFO),
-    }
 }
 
 fn tag(headers: &mut HeaderMap, task: &Task, variant: &Variant, decision: &'static str) {

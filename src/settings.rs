@@ -139,8 +139,8 @@ pub struct ServeArgs {
     pub worker_threads: Option<usize>,
     /// One structured line per request (task, variant, decision, status, confidence, review
     /// id, trace id, durations) at this level; never prompt or output text.
-    #[arg(long, env = "TRIAGE_ACCESS_LOG", value_enum, default_value_t = crate::proxy::AccessLog::Info)]
-    pub access_log: crate::proxy::AccessLog,
+    #[arg(long, env = "TRIAGE_ACCESS_LOG", value_enum, default_value_t = crate::access::AccessLog::Info)]
+    pub access_log: crate::access::AccessLog,
     /// Log format on stderr.
     #[arg(long, env = "TRIAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

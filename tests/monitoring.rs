@@ -518,7 +518,79 @@ async fn one_json_line_per_request_without_prompt_or_output() {
         (line["confidence"].as_f64().unwrap() - 0.2).abs() < 1e-9,
         "{line}"
     );
-    assert!(line["upstream_ms"].as_f64().is_some() && line["overhead_ms"].as_f64().is_some());
+    // Milliseconds with microsecond precision, as numbers.
+    for field in ["upstream_ms", "overhead_ms"] {
+        let ms = line[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field}: {line}"));
+        assert!(ms >= 0.0, "{line}");
+        let decimals = line[field]
+            .to_string()
+            .split('.')
+            .nth(1)
+            .map_or(0, str::len);
+        assert!(decimals <= 3, "{field} in µs: {line}");
+    }
+    assert_eq!(line["level"], "INFO");
+    assert!(
+        line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{line}"
+    );
     assert!(!log.contains("my secret prompt"), "no prompt text in logs");
     assert!(!log.contains("total: 42.00"), "no output text in logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_access_lines_and_triage_log_decides_whether_they_are_written() {
+    let up = Upstream::start(scripted).await;
+    let c = client();
+    let url = |t: &Triage| format!("{}/v1/chat/completions", t.data);
+
+    let t = Triage::start_with(&rules(&up.url(), 0.0), &[], &[("TRIAGE_LOG", "info")]).await;
+    let r = c.post(url(&t)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t.logged("triage::access: request task=chat").await,
+        "{}",
+        t.stderr()
+    );
+    let log = t.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("triage::access"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(
+            "  INFO triage::access: request task=chat variant=\"stable\" \
+         decision=\"pass\" status=200 confidence=0.9"
+        ),
+        "{line}"
+    );
+    let upstream_ms = line
+        .split(" upstream_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_default();
+    assert!(
+        upstream_ms.parse::<f64>().is_ok()
+            && upstream_ms.split('.').nth(1).map(str::len) == Some(3),
+        "{line}"
+    );
+
+    // Filtered out: neither the passing request's line nor the failing one's, while the
+    // warning about the failure (written after them, in order) arrives.
+    let env = [("TRIAGE_LOG", "info,triage::access=off")];
+    let t = Triage::start_with(&rules(&up.url(), 0.0), &[], &env).await;
+    let r = c.post(url(&t)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(url(&t))
+        .header("x-case", "slow")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(t.logged("request failed").await, "{}", t.stderr());
+    assert!(!t.stderr().contains("triage::access"), "{}", t.stderr());
 }
