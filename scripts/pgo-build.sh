@@ -81,9 +81,10 @@ tasks:
     threshold: 0.85
     on_review: hold
 EOF
-TRIAGE_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f" TRIAGE_LOG=error \
+# Logging as the image runs it (JSON, `info`, the access log on): some 90 MB of lines.
+TRIAGE_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f" TRIAGE_LOG=info TRIAGE_LOG_FORMAT=json \
   "$gen/release/triage" serve --rules "$work/rules/rules.yaml" \
-  --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --worker-threads 1 --access-log off \
+  --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --worker-threads 1 --access-log info \
   --spool-dir "$work/spool" --drain-delay-ms 0 >"$work/triage.out" 2>&1 &
 triage=$!
 pids+=("$triage")
