@@ -57,6 +57,11 @@ pub struct AbArgs {
     /// The chat task pins its model version (as `run --pin-version`).
     #[arg(long)]
     pub pin_version: bool,
+    /// triage's access log on, in this format, with `TRIAGE_LOG=info` (as triage runs by
+    /// default; lines go to a file); without it the access log is off and only warnings
+    /// are logged.
+    #[arg(long, value_parser = ["text", "json"])]
+    pub access_log: Option<String>,
 }
 
 /// One binary's figures in one round.
@@ -169,6 +174,8 @@ async fn one(
     let model = Model {
         addr: mock,
         pin_version: a.pin_version,
+        access_log: (a.access_log.as_deref())
+            .map(|format| if format == "json" { "json" } else { "text" }),
     };
     let mut server = start_triage(bin, dir, label, model, &a.amqp_url, run_id, prefix).await?;
     let load = |secs: f64| -> Result<Load> {
@@ -250,7 +257,7 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
         ("total CPU µs/req", |s| s.user_us + s.sys_us),
     ];
     let mut md = format!(
-        "A/B {how}: {} rounds, {} body, {} connections, {} s per binary and round{}{}; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
+        "A/B {how}: {} rounds, {} body, {} connections, {} s per binary and round{}{}{}; medians (range), and the median of the rounds' own ratios.\n\n| measure |",
         a.rounds.max(1),
         a.size.label(),
         a.connections,
@@ -264,6 +271,10 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
             format!(", {} % of outputs held", a.hold_share * 100.0)
         } else {
             String::new()
+        },
+        match &a.access_log {
+            Some(format) => format!(", the access log on ({format}, `TRIAGE_LOG=info`)"),
+            None => String::new(),
         }
     );
     for (label, _) in bins {

@@ -283,6 +283,7 @@ async fn measure_all(
             Model {
                 addr: mock_addr,
                 pin_version: a.pin_version,
+                access_log: None,
             },
             &a.amqp_url,
             run_id,
@@ -809,6 +810,10 @@ pub(crate) struct Model {
     pub addr: SocketAddr,
     /// The chat task pins its model version (`--pin-version`).
     pub pin_version: bool,
+    /// The access log on, at `info`, in this format (`text` or `json`), as triage runs by
+    /// default; `None`: off, and only warnings logged (as `run` measures triage, and as
+    /// nginx runs with `access_log off`).
+    pub access_log: Option<&'static str>,
 }
 
 pub(crate) async fn start_triage(
@@ -823,6 +828,7 @@ pub(crate) async fn start_triage(
     let Model {
         addr: mock,
         pin_version,
+        access_log,
     } = model;
     let home = dir.join(name);
     let rules_dir = home.join("rules");
@@ -878,7 +884,7 @@ tasks:
         "--worker-threads".into(),
         "1".into(),
         "--access-log".into(),
-        "off".into(),
+        if access_log.is_some() { "info" } else { "off" }.into(),
         "--spool-dir".into(),
         spool.display().to_string(),
         "--review-exchange".into(),
@@ -897,7 +903,14 @@ tasks:
     let (proc, rest) = Proc::start(
         name,
         &argv,
-        &[("TRIAGE_AMQP_URL", amqp_url), ("TRIAGE_LOG", "warn")],
+        &[
+            ("TRIAGE_AMQP_URL", amqp_url),
+            (
+                "TRIAGE_LOG",
+                if access_log.is_some() { "info" } else { "warn" },
+            ),
+            ("TRIAGE_LOG_FORMAT", access_log.unwrap_or("text")),
+        ],
         &home.join("stderr.log"),
         Some("listening "),
     )
