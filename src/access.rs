@@ -98,7 +98,7 @@ impl AccessLogger {
             Some((lines, json)) => {
                 let mut line = Vec::with_capacity(320);
                 entry.write(&mut line, SystemTime::now(), *json);
-                lines.send(line, false);
+                lines.send(&line, false);
             }
             None => entry.trace(),
         }

@@ -70,7 +70,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// (`logline`): a line per request written straight to stderr cost a `write` syscall each,
 /// 14 % of a core at 8k req/s, and a thread woken per line still cost a wake-up and a
 /// `write` each (profile in `docs/performance.md`). Should the consumer of stderr stall,
-/// lines queue up to 16k (two seconds of access log at 8k req/s) and are then dropped
+/// lines queue up to 4 MiB (two seconds of access log at 8k req/s) and are then dropped
 /// rather than stalling requests. Dropping the returned guard writes what is queued
 /// (waiting at most 1 s for a stalled stderr). Colours only on a terminal.
 ///
