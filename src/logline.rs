@@ -8,10 +8,11 @@
 //! writer thread wakes every [`TICK`] (or at once for a warning or an error), swaps the
 //! buffer for its empty spare and writes what it took. A tick that brings no line puts the
 //! writer to sleep until the next line wakes it, so an idle process has no timer firing 20
-//! times a second, and a busy one is never woken per line. The two buffers are reused, so
-//! a line costs no allocation, and none is freed on another thread: a queue of one `Vec`
-//! per line, freed by the writer, cost 1.45 µs a line on the request thread (allocator
-//! work behind the cross-thread frees; `docs/performance.md`). When the reader of stderr
+//! times a second, and a busy one is never woken per line. The two buffers are reused:
+//! once they have grown, queuing a line allocates nothing, and no thread frees memory
+//! another allocated. A queue of one `Vec` per line, freed by the writer, cost 1.45 µs a
+//! line on the request thread (allocator work behind the cross-thread frees;
+//! `docs/performance.md`). When the reader of stderr
 //! stalls, lines queue up to [`QUEUED_BYTES`] and are then dropped rather than stalling
 //! requests.
 
