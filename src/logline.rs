@@ -12,9 +12,8 @@
 //! once they have grown, queuing a line allocates nothing, and no thread frees memory
 //! another allocated. A queue of one `Vec` per line, freed by the writer, cost 1.45 µs a
 //! line on the request thread (allocator work behind the cross-thread frees;
-//! `docs/performance.md`). When the reader of stderr
-//! stalls, lines queue up to [`QUEUED_BYTES`] and are then dropped rather than stalling
-//! requests.
+//! `docs/performance.md`). When the reader of stderr stalls, lines queue up to
+//! [`QUEUED_BYTES`] and are then dropped rather than stalling requests.
 
 // The one `std::sync::Mutex` in triage (clippy.toml bars it elsewhere): it guards the
 // queued bytes, and nothing holds it for longer than copying one line in or swapping two
