@@ -42,7 +42,7 @@ pub struct AccessLogger {
 
 /// One request's line, borrowed from the answer.
 struct Entry<'a> {
-    level: &'static str,
+    level: tracing::Level,
     task: &'a str,
     variant: Option<&'a str>,
     decision: Option<&'a str>,
@@ -77,8 +77,12 @@ impl AccessLogger {
     ) {
         let level = match self.level {
             AccessLog::Off => return,
-            AccessLog::Debug if tracing::enabled!(target: TARGET, tracing::Level::DEBUG) => "DEBUG",
-            AccessLog::Info if tracing::enabled!(target: TARGET, tracing::Level::INFO) => "INFO",
+            AccessLog::Debug if tracing::enabled!(target: TARGET, tracing::Level::DEBUG) => {
+                tracing::Level::DEBUG
+            }
+            AccessLog::Info if tracing::enabled!(target: TARGET, tracing::Level::INFO) => {
+                tracing::Level::INFO
+            }
             _ => return,
         };
         let h = |name: &HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
@@ -107,63 +111,59 @@ impl AccessLogger {
 
 impl Entry<'_> {
     /// The line as tracing-subscriber's text or JSON format lays out an event of target
-    /// `triage::access` and message `request`, newline included.
+    /// `triage::access` and message `request`, newline included. The two differ in the
+    /// head, the tail and how a field is introduced (`,"name":` or ` name=`); values are
+    /// written alike, strings quoted (but for the text line's `task`).
     fn write(&self, out: &mut Vec<u8>, now: SystemTime, json: bool) {
         let at = humantime::format_rfc3339_micros(now);
-        let status = u32::from(self.status);
-        let (upstream, overhead) = (Millis(self.upstream), Millis(self.overhead));
+        let level = self.level.as_str();
         // Writing into a `Vec` cannot fail.
         if json {
             let _ = write!(
                 out,
-                r#"{{"timestamp":"{at}","level":"{}","message":"request","task":"#,
-                self.level
+                r#"{{"timestamp":"{at}","level":"{level}","message":"request","task":"#
             );
             string(out, self.task);
-            for (name, value) in [("variant", self.variant), ("decision", self.decision)] {
-                if let Some(value) = value {
-                    let _ = write!(out, r#","{name}":"#);
-                    string(out, value);
-                }
-            }
-            let _ = write!(out, r#","status":{status}"#);
-            if let Some(c) = self.confidence {
-                let _ = write!(out, r#","confidence":{c}"#);
-            }
-            for (name, value) in [("review_id", self.review_id), ("trace_id", self.trace_id)] {
-                if let Some(value) = value {
-                    let _ = write!(out, r#","{name}":"#);
-                    string(out, value);
-                }
-            }
-            let _ = writeln!(
-                out,
-                r#","upstream_ms":{upstream},"overhead_ms":{overhead},"target":"{TARGET}"}}"#
-            );
         } else {
-            let _ = write!(
-                out,
-                "{at} {:>5} {TARGET}: request task={}",
-                self.level, self.task
-            );
-            for (name, value) in [("variant", self.variant), ("decision", self.decision)] {
-                if let Some(value) = value {
-                    let _ = write!(out, " {name}=");
-                    string(out, value);
-                }
-            }
-            let _ = write!(out, " status={status}");
-            if let Some(c) = self.confidence {
-                let _ = write!(out, " confidence={c}");
-            }
-            for (name, value) in [("review_id", self.review_id), ("trace_id", self.trace_id)] {
-                if let Some(value) = value {
-                    let _ = write!(out, " {name}=");
-                    string(out, value);
-                }
-            }
-            let _ = writeln!(out, " upstream_ms={upstream} overhead_ms={overhead}");
+            let _ = write!(out, "{at} {level:>5} {TARGET}: request task={}", self.task);
         }
+        let name = |out: &mut Vec<u8>, name: &str| {
+            let _ = if json {
+                write!(out, r#","{name}":"#)
+            } else {
+                write!(out, " {name}=")
+            };
+        };
+        let strings = |out: &mut Vec<u8>, fields: [(&str, Option<&str>); 2]| {
+            for (field, value) in fields {
+                if let Some(value) = value {
+                    name(out, field);
+                    string(out, value);
+                }
+            }
+        };
+        strings(
+            out,
+            [("variant", self.variant), ("decision", self.decision)],
+        );
+        name(out, "status");
+        let _ = write!(out, "{}", self.status);
+        if let Some(c) = self.confidence {
+            name(out, "confidence");
+            out.extend_from_slice(c.as_bytes());
+        }
+        strings(
+            out,
+            [("review_id", self.review_id), ("trace_id", self.trace_id)],
+        );
+        name(out, "upstream_ms");
+        let _ = write!(out, "{}", Millis(self.upstream));
+        name(out, "overhead_ms");
+        let _ = write!(out, "{}", Millis(self.overhead));
+        if json {
+            let _ = write!(out, r#","target":"{TARGET}"}}"#);
+        }
+        out.push(b'\n');
     }
 
     /// The same line through the tracing subscriber (a terminal's colours; no log thread).
@@ -186,7 +186,7 @@ impl Entry<'_> {
                     confidence, review_id, trace_id, upstream_ms, overhead_ms, "request")
             };
         }
-        if self.level == "DEBUG" {
+        if self.level == tracing::Level::DEBUG {
             line!(tracing::Level::DEBUG);
         } else {
             line!(tracing::Level::INFO);
@@ -211,10 +211,14 @@ fn string(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-/// What the confidence header holds is a number `Display` wrote (never an exponent, never
-/// NaN); anything else is left out of the line rather than break a JSON one.
+/// What the confidence header holds is a finite number as `Display` writes it (digits, a
+/// point, a leading minus; never an exponent): anything else (`NaN`, `inf`) is left out of
+/// the line rather than break a JSON one. Checked by bytes, no parse.
 fn is_json_number(s: &str) -> bool {
-    serde_json::from_str::<serde_json::Number>(s).is_ok()
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && digits.bytes().filter(|&b| b == b'.').count() <= 1
 }
 
 #[cfg(test)]
@@ -223,7 +227,7 @@ mod tests {
 
     fn entry() -> Entry<'static> {
         Entry {
-            level: "INFO",
+            level: tracing::Level::INFO,
             task: "chat",
             variant: Some("stable"),
             decision: Some("review"),
@@ -253,7 +257,7 @@ mod tests {
              upstream_ms=1830.991 overhead_ms=0.086\n"
         );
         let bare = Entry {
-            level: "DEBUG",
+            level: tracing::Level::DEBUG,
             variant: None,
             decision: None,
             confidence: None,
