@@ -12,7 +12,7 @@ use std::time::Duration;
 
 mod bodies;
 
-use bodies::{WORDS, array_body, classifier_body, logprobs_body, sized};
+use bodies::{EXTRACT_RULES, array_body, classifier_body, logprobs_body, sized, token};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use triage::confidence;
@@ -139,38 +139,6 @@ tasks:
 // Confidence extraction: probe.run + confidence::extract, against a full Value parse
 // ---------------------------------------------------------------------------------------
 
-/// One task per extractor, each with the slots the proxy's probe has: confidence, refusal
-/// (message and delta), finish_reason, usage, and the reported model.
-const EXTRACT_RULES: &str = r#"version: 1
-upstreams: { llm: { url: "http://127.0.0.1:1" } }
-tasks:
-  - name: json_pointer
-    upstream: llm
-    model: { response_field: /model, pinned: clf-1 }
-    confidence: { source: json_pointer, pointer: /confidence }
-    threshold: 0.8
-  - name: openai_logprobs
-    upstream: llm
-    model: { response_field: /model, pinned: gpt-4o-2024-08-06 }
-    confidence: { source: openai_logprobs, aggregate: mean }
-    threshold: 0.8
-  - name: max
-    upstream: llm
-    model: { response_field: /model, pinned: clf-1 }
-    confidence: { source: max, pointer: /probabilities }
-    threshold: 0.8
-  - name: softmax_max
-    upstream: llm
-    model: { response_field: /model, pinned: clf-1 }
-    confidence: { source: softmax_max, pointer: /logits }
-    threshold: 0.8
-  - name: header
-    upstream: llm
-    model: { response_field: /model, pinned: clf-1 }
-    confidence: { source: header, header: x-confidence }
-    threshold: 0.8
-"#;
-
 fn body_for(extractor: &str, target: usize) -> Vec<u8> {
     match extractor {
         "json_pointer" | "header" => classifier_body(target, &mut fastrand::Rng::with_seed(3)),
@@ -273,12 +241,7 @@ fn sse_body(n: usize) -> Vec<u8> {
         "data: {head}{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}},\"logprobs\":{{\"content\":[],\"refusal\":null}},\"finish_reason\":null}}]}}\n\n"
     ));
     for i in 0..n {
-        let tok = WORDS[rng.usize(..WORDS.len())];
-        let tok = if i == 0 {
-            tok.to_owned()
-        } else {
-            format!(" {tok}")
-        };
+        let tok = token(i, &mut rng);
         let bytes: Vec<String> = tok.bytes().map(|b| b.to_string()).collect();
         s.push_str(&format!(
             "data: {head}{{\"index\":0,\"delta\":{{\"content\":\"{tok}\"}},\"logprobs\":{{\"content\":[{{\"token\":\"{tok}\",\"logprob\":{:.6},\"bytes\":[{}],\"top_logprobs\":[]}}],\"refusal\":null}},\"finish_reason\":null}}]}}\n\n",

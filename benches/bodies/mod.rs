@@ -1,6 +1,38 @@
 //! Deterministic response bodies (fixed seeds) of the shapes the hot-path benchmarks walk:
-//! classifier answers, OpenAI chat completions with logprobs, number arrays. Shared by
-//! `benches/hotpath.rs` and `loadtest/json-libs`.
+//! classifier answers, OpenAI chat completions with logprobs, number arrays; and the tasks
+//! whose probes walk them. Shared by `benches/hotpath.rs` and `loadtest/json-libs`.
+
+/// One task per extractor, each with the slots the proxy's probe has: confidence, refusal
+/// (message and delta), finish_reason, usage, and the reported model.
+pub const EXTRACT_RULES: &str = r#"version: 1
+upstreams: { llm: { url: "http://127.0.0.1:1" } }
+tasks:
+  - name: json_pointer
+    upstream: llm
+    model: { response_field: /model, pinned: clf-1 }
+    confidence: { source: json_pointer, pointer: /confidence }
+    threshold: 0.8
+  - name: openai_logprobs
+    upstream: llm
+    model: { response_field: /model, pinned: gpt-4o-2024-08-06 }
+    confidence: { source: openai_logprobs, aggregate: mean }
+    threshold: 0.8
+  - name: max
+    upstream: llm
+    model: { response_field: /model, pinned: clf-1 }
+    confidence: { source: max, pointer: /probabilities }
+    threshold: 0.8
+  - name: softmax_max
+    upstream: llm
+    model: { response_field: /model, pinned: clf-1 }
+    confidence: { source: softmax_max, pointer: /logits }
+    threshold: 0.8
+  - name: header
+    upstream: llm
+    model: { response_field: /model, pinned: clf-1 }
+    confidence: { source: header, header: x-confidence }
+    threshold: 0.8
+"#;
 
 pub const WORDS: [&str; 16] = [
     "invoice",
@@ -56,12 +88,7 @@ pub fn chat_completion(n: usize, top: usize, rng: &mut fastrand::Rng) -> String 
     let mut content = String::new();
     let mut tokens = String::new();
     for i in 0..n {
-        let tok = WORDS[rng.usize(..WORDS.len())];
-        let tok = if i == 0 {
-            tok.to_owned()
-        } else {
-            format!(" {tok}")
-        };
+        let tok = token(i, rng);
         content.push_str(&tok);
         if i > 0 {
             tokens.push(',');
@@ -132,4 +159,14 @@ pub fn array_body(target: usize, field: &str, number: fn(&mut fastrand::Rng) -> 
         )
         .into_bytes()
     })
+}
+
+/// The `i`th token of a completion: a word, with a leading space after the first.
+pub fn token(i: usize, rng: &mut fastrand::Rng) -> String {
+    let word = WORDS[rng.usize(..WORDS.len())];
+    if i == 0 {
+        word.to_owned()
+    } else {
+        format!(" {word}")
+    }
 }

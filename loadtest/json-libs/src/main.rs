@@ -27,26 +27,11 @@ use sonic_rs::JsonValueTrait;
 use triage::rules::Task;
 use triage::rules::compile::{SourceFile, compile};
 
-const RULES: &str = r#"version: 1
-upstreams: { llm: { url: "http://127.0.0.1:1" } }
-tasks:
-  - name: openai_logprobs
-    upstream: llm
-    model: { response_field: /model, pinned: gpt-4o-2024-08-06 }
-    confidence: { source: openai_logprobs, aggregate: mean }
-    threshold: 0.8
-  - name: json_pointer
-    upstream: llm
-    model: { response_field: /model, pinned: clf-1 }
-    confidence: { source: json_pointer, pointer: /confidence }
-    threshold: 0.8
-"#;
-
 fn main() {
     let rules = compile(
         &[SourceFile {
-            name: "json-libs.yaml".into(),
-            text: RULES.into(),
+            name: "bench.yaml".into(),
+            text: bodies::EXTRACT_RULES.into(),
         }],
         None,
     )
