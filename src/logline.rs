@@ -10,8 +10,8 @@
 //! writer to sleep until the next line wakes it, so an idle process has no timer firing 20
 //! times a second, and a busy one is never woken per line. The two buffers are reused:
 //! once they have grown, queuing a line allocates nothing, and no thread frees memory
-//! another allocated. A queue of one `Vec` per line, freed by the writer, cost 1.45 µs a
-//! line on the request thread (allocator work behind the cross-thread frees;
+//! another allocated. A queue of one `Vec` per line, freed by the writer, cost 1.4–1.5 µs a
+//! line on the request thread (most likely the allocator's work on cross-thread frees;
 //! `docs/performance.md`). When the reader of stderr stalls, lines queue up to
 //! [`QUEUED_BYTES`] and are then dropped rather than stalling requests.
 
