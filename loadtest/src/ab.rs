@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::drive::{self, Load, Target};
 use crate::procs;
-use crate::run::{Model, delete_queues, start_mock, start_triage, unix_secs};
+use crate::run::{LogFormat, Model, delete_queues, start_mock, start_triage, unix_secs};
 use crate::{Result, Size};
 
 #[derive(clap::Args)]
@@ -60,8 +60,8 @@ pub struct AbArgs {
     /// triage's access log on, in this format, with `TRIAGE_LOG=info` (as triage runs by
     /// default; lines go to a file); without it the access log is off and only warnings
     /// are logged.
-    #[arg(long, value_parser = ["text", "json"])]
-    pub access_log: Option<String>,
+    #[arg(long, value_enum)]
+    pub access_log: Option<LogFormat>,
 }
 
 /// One binary's figures in one round.
@@ -174,8 +174,7 @@ async fn one(
     let model = Model {
         addr: mock,
         pin_version: a.pin_version,
-        access_log: (a.access_log.as_deref())
-            .map(|format| if format == "json" { "json" } else { "text" }),
+        access_log: a.access_log,
     };
     let mut server = start_triage(bin, dir, label, model, &a.amqp_url, run_id, prefix).await?;
     let load = |secs: f64| -> Result<Load> {
@@ -272,8 +271,11 @@ fn markdown(a: &AbArgs, bins: &[(&'static str, PathBuf)], samples: &[Vec<Sample>
         } else {
             String::new()
         },
-        match &a.access_log {
-            Some(format) => format!(", the access log on ({format}, `TRIAGE_LOG=info`)"),
+        match a.access_log {
+            Some(format) => format!(
+                ", the access log on ({}, `TRIAGE_LOG=info`)",
+                format.as_str()
+            ),
             None => String::new(),
         }
     );

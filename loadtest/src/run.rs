@@ -813,7 +813,23 @@ pub(crate) struct Model {
     /// The access log on, at `info`, in this format (`text` or `json`), as triage runs by
     /// default; `None`: off, and only warnings logged (as `run` measures triage, and as
     /// nginx runs with `access_log off`).
-    pub access_log: Option<&'static str>,
+    pub access_log: Option<LogFormat>,
+}
+
+/// triage's log format (`TRIAGE_LOG_FORMAT`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 pub(crate) async fn start_triage(
@@ -909,7 +925,10 @@ tasks:
                 "TRIAGE_LOG",
                 if access_log.is_some() { "info" } else { "warn" },
             ),
-            ("TRIAGE_LOG_FORMAT", access_log.unwrap_or("text")),
+            (
+                "TRIAGE_LOG_FORMAT",
+                access_log.map_or("text", LogFormat::as_str),
+            ),
         ],
         &home.join("stderr.log"),
         Some("listening "),
